@@ -1,0 +1,74 @@
+"""The `mcgrpo` command: score completions, build a tiny model, run the offline demo."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mcgrpo.errors import UserError
+
+
+def cmd_score(args) -> None:
+    """JSONL in (completion, answer, optional n_options/variant), JSONL out (pred, correct, format_ok, reward)."""
+    from mcgrpo.fileio import iter_jsonl
+    from mcgrpo.rewards import LETTERS, score_completion
+
+    name = args.file or "<stdin>"
+    lines = open(args.file, "rb") if args.file else sys.stdin.buffer
+    if args.file and not Path(args.file).exists():
+        raise UserError(f"{args.file}: file not found")
+    for number, row in iter_jsonl(lines, name):
+        where = f"{name}:{number}"
+        for key in ("completion", "answer"):
+            if key not in row:
+                raise UserError(f"{where}: missing field {key!r}; each line needs completion and answer")
+        n_options = row.get("n_options", 4)
+        if not isinstance(n_options, int) or not 2 <= n_options <= len(LETTERS):
+            raise UserError(f"{where}: n_options must be an integer from 2 to {len(LETTERS)}")
+        answer = str(row["answer"]).strip().upper()
+        if answer not in LETTERS[:n_options]:
+            raise UserError(f"{where}: answer {row['answer']!r} is not one of {LETTERS[:n_options]}")
+        score = score_completion(row["completion"], answer, n_options, row.get("variant", "cot"))
+        print(json.dumps(score), flush=True)
+
+
+def cmd_tiny_model(args) -> None:
+    from mcgrpo.modeling import build_tiny_model
+
+    out = build_tiny_model(args.dir, preset=args.preset, seed=args.seed)
+    print(f"wrote a random-init Gemma3ForCausalLM ({args.preset}) and its tokenizer to {out}")
+
+
+def cmd_demo(args) -> None:
+    from mcgrpo.demo import run_demo
+
+    if not (Path(args.project) / "dvc.yaml").exists():
+        raise UserError(f"{args.project}: no dvc.yaml here; run from the project root or pass --project")
+    run_demo(Path(args.project), Path(args.dir))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="mcgrpo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("score", help="score model completions from JSONL (file or stdin)")
+    p.add_argument("file", nargs="?", help="JSONL file; stdin when omitted")
+    p.set_defaults(func=cmd_score)
+    p = sub.add_parser("tiny-model", help="build a random-init Gemma 3 and a local tokenizer for offline runs")
+    p.add_argument("dir")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "gemma-3-1b"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_model)
+    p = sub.add_parser("demo", help="run the whole pipeline offline on a tiny model in a scratch repo")
+    p.add_argument("--dir", default="build/demo")
+    p.add_argument("--project", default=".")
+    p.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Loading base models, adapters and tokenizers; the only module that knows about Unsloth.
+
+Backends: "unsloth" (FastLanguageModel, CUDA only) and "transformers" (+ peft). "auto" picks
+Unsloth when CUDA and the package are both present. Also builds the random-init Gemma 3 models
+the project tests and benchmarks on, since real weights cannot be downloaded everywhere.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from mcgrpo.errors import UserError
+
+CHAT_TEMPLATE = (Path(__file__).parent / "gemma_chat_template.jinja").read_text()
+END_OF_TURN = "<end_of_turn>"
+
+# Gemma 3 1B's exact text config (google/gemma-3-1b-it), and a tiny one for CPU tests and the demo.
+PRESETS = {
+    "gemma-3-1b": dict(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                       num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
+                       query_pre_attn_scalar=256, max_position_embeddings=32768),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=32, sliding_window=128, query_pre_attn_scalar=32,
+                 max_position_embeddings=4096),
+}
+
+
+def pick_backend(requested: str) -> str:
+    cuda = torch.cuda.is_available()
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if requested == "unsloth" and not (cuda and has_unsloth):
+        raise UserError("model.backend=unsloth needs a CUDA GPU and `pip install -r requirements-gpu.txt`; "
+                        "set model.backend to auto or transformers")
+    if requested == "auto":
+        return "unsloth" if cuda and has_unsloth else "transformers"
+    return requested
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        # bf16 on GPUs that have it; Gemma 3 overflows in fp16, so never fall back to that.
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def _load_error(what: str, name: str, err: Exception) -> UserError:
+    local = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) or local.parent.exists() and not local.exists() and "/" not in name:
+        if not local.exists():
+            return UserError(f"{what}={name!r}: no such folder; build one with `mcgrpo tiny-model {name}` "
+                             "or give a Hugging Face id")
+    return UserError(f"{what}={name!r}: could not load ({type(err).__name__}: {err}). Check the id or path; "
+                     "offline, set HF_HUB_OFFLINE=1 and use a model already in the Hugging Face cache")
+
+
+def check_chat_template(tokenizer, name: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"model.name={name!r}: the tokenizer has no chat template; use an instruction-tuned "
+                        "(-it) model, or add a chat_template to its tokenizer_config.json")
+
+
+def load_tokenizer(p):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p.name, revision=p.revision, trust_remote_code=p.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error("model.name", p.name, err) from None
+    check_chat_template(tokenizer, p.name)
+    tokenizer.padding_side = "left"  # decoder-only batches generate from the right edge
+    return tokenizer
+
+
+def _stop_token_ids(tokenizer, model) -> list[int]:
+    """Gemma ends a turn with <end_of_turn>, not <eos>: generation must stop at either."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    ids.add(tokenizer.eos_token_id)
+    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
+        ids.add(eot)
+    return sorted(i for i in ids if i is not None)
+
+
+def _attach_adapter(model, adapter_dir):
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise UserError(f"{adapter_dir}: no adapter_config.json; run the train stage first (dvc repro train)")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise UserError(f"{adapter_dir}: the adapter does not fit base model {model.name_or_path!r} ({err}); "
+                        "retrain it, or set model.name to the model it was trained on") from None
+
+
+def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None):
+    """(model, tokenizer, peft_config) for inference, or for LoRA training when `lora` is given.
+
+    peft_config is a LoraConfig for TRL to apply (transformers backend) or None when the model is
+    already a PEFT model (Unsloth applies LoRA itself, with its fused kernels).
+    """
+    backend = backend or pick_backend(p.backend)
+    dtype = torch_dtype(p.dtype)
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        try:
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                model_name=p.name, revision=p.revision, max_seq_length=p.max_seq_length, dtype=dtype,
+                load_in_4bit=False, trust_remote_code=p.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise _load_error("model.name", p.name, err) from None
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor for multimodal checkpoints
+        check_chat_template(tokenizer, p.name)
+        peft_config = None
+        if lora is not None:
+            model = FastLanguageModel.get_peft_model(
+                model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                target_modules=lora.target_modules, use_gradient_checkpointing="unsloth", random_state=seed)
+        else:
+            if adapter_dir:
+                model = _attach_adapter(model, adapter_dir)
+            FastLanguageModel.for_inference(model)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = load_tokenizer(p)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                p.name, revision=p.revision, dtype=dtype, attn_implementation=p.attn_implementation,
+                trust_remote_code=p.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise _load_error("model.name", p.name, err) from None
+        peft_config = None
+        if lora is not None:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
+        elif adapter_dir:
+            model = _attach_adapter(model, adapter_dir)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.eos_token_id = _stop_token_ids(tokenizer, model)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if lora is None:
+        model.eval()
+    return model, tokenizer, peft_config
+
+
+# --- random-init Gemma 3 for tests, the offline demo and benchmarks ---------------------------------
+
+
+def build_tokenizer(corpus: list[str], vocab_size: int = 2048):
+    """A byte-level BPE tokenizer with Gemma's special tokens and chat template, trained locally."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", END_OF_TURN]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        additional_special_tokens=["<start_of_turn>", END_OF_TURN], chat_template=CHAT_TEMPLATE,
+        padding_side="left", model_max_length=PRESETS["tiny"]["max_position_embeddings"])
+
+
+def tokenizer_corpus(seed: int = 0) -> list[str]:
+    """Text that covers the prompts and answers the pipeline produces, for training the tokenizer."""
+    from mcgrpo.data.synthetic import make_synthetic_mc
+    from mcgrpo.prompts import INSTRUCTIONS, format_question
+
+    items = make_synthetic_mc(400, seed=seed)
+    answers = [f"<reasoning>The passage says {i['options'][0]}.</reasoning><answer>{i['answer']}</answer>" for i in items]
+    return list(INSTRUCTIONS.values()) * 20 + [format_question(i) for i in items] + answers
+
+
+def build_model(preset: str = "tiny", vocab_size: int | None = None, seed: int = 0, dtype=torch.float32):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(**{**PRESETS[preset], **({"vocab_size": vocab_size} if vocab_size else {}),
+                                 "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2})
+    return Gemma3ForCausalLM(config).to(dtype)
+
+
+def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 0) -> Path:
+    """Write a random-init Gemma3ForCausalLM and its locally trained tokenizer to out_dir."""
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(tokenizer_corpus(seed))
+    vocab = None if preset == "gemma-3-1b" else len(tokenizer)
+    model = build_model(preset, vocab_size=vocab, seed=seed)
+    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, eot]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    from mcgrpo.fileio import atomic_path
+
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out_dir

@@ -1,0 +1,195 @@
+"""Load and validate params.yaml: the only module that reads it.
+
+One pydantic model per section. Unknown keys are errors (with a did-you-mean), and numbers given
+as strings are accepted, because `dvc exp run -S train.learning_rate=1e-5` writes `1e-05`, which
+YAML reads back as a string.
+"""
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mcgrpo.errors import UserError
+from mcgrpo.prompts import VARIANTS
+from mcgrpo.rewards import REWARDS
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelParams(Section):
+    name: str = "unsloth/gemma-3-1b-it"  # hub id or local folder
+    revision: str | None = None  # hub branch/tag/commit, pinned for reproducibility
+    backend: Literal["auto", "unsloth", "transformers"] = "auto"  # auto: unsloth on CUDA if installed
+    # float16 is refused on purpose: Gemma 3 activations overflow in fp16.
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    max_seq_length: int = Field(2048, gt=0)
+    trust_remote_code: bool = False
+
+
+class FieldMap(Section):
+    """Column names of a local table (or a hub dataset) mapped onto the normalised record."""
+
+    id: str | None = None  # None: ids are made from the row number
+    context: str | None = None  # None: questions without a passage
+    question: str = "question"
+    options: str | list[str] = "options"  # one list column, or one column per letter
+    answer: str = "answer"
+    answer_format: Literal["letter", "index0", "index1"] = "letter"
+    source: str | None = None  # a column naming the sub-source (e.g. middle/high); else the file name
+
+
+class PrepareParams(Section):
+    source: Literal["hf", "race", "quality", "table"] = "hf"
+    # hf: dataset id; race: RACE.tar.gz or the extracted folder; quality/table: a file, where
+    # "{split}" in the path is replaced by train_split / eval_split (without it, one file is split).
+    path: str = "ehovy/race"
+    config: str | None = "all"  # hf: dataset config; race: all | middle | high
+    train_split: str = "train"
+    eval_split: str = "test"
+    n_train: int | None = Field(2000, gt=0)  # None: every item
+    n_eval: int | None = Field(300, gt=0)
+    seed: int = 42
+    max_prompt_tokens: int = Field(1024, gt=0)  # longer prompts are dropped and counted, never cut
+    fields: FieldMap = FieldMap(id="example_id", context="article")
+
+
+class EvalParams(Section):
+    """Shared by baseline and evaluate, so both models answer under identical settings."""
+
+    variants: list[str] = ["direct", "cot"]
+    batch_size: int = Field(32, gt=0)
+    max_new_tokens: int = Field(512, gt=0)
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+
+    @field_validator("variants")
+    @classmethod
+    def known_variants(cls, variants):
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown or not variants:
+            raise ValueError(f"unknown prompt variant(s) {unknown}; choose from {list(VARIANTS)}")
+        return variants
+
+
+class LoraParams(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainParams(Section):
+    variant: str = "cot"  # the prompt the policy is trained on
+    lora: LoraParams = LoraParams()
+    learning_rate: float = Field(5e-6, gt=0)
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(0.1, gt=0)
+    optim: str = "adamw_torch"  # adamw_8bit saves memory on CUDA (needs bitsandbytes)
+    max_steps: int = Field(300, gt=0)
+    per_device_train_batch_size: int = Field(8, gt=0)  # completions per device per micro-step
+    gradient_accumulation_steps: int = Field(2, gt=0)
+    num_generations: int = Field(8, ge=2)  # completions per prompt (the GRPO group)
+    max_completion_length: int = Field(512, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(0.04, ge=0)  # KL coefficient; 0 drops the reference model and the KL curve
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    num_iterations: int = Field(1, gt=0)  # PPO-style updates per generation batch
+    epsilon: float = Field(0.2, gt=0)  # clipping range
+    reward_weights: dict[str, float] = {"correct": 1.0, "format": 0.2}
+    gradient_checkpointing: bool = True
+    use_vllm: bool = False  # TRL's vLLM rollouts, if vllm is installed (untested here)
+    seed: int = 42
+    save_steps: int = Field(50, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+    logging_steps: int = Field(1, gt=0)
+
+    @field_validator("variant")
+    @classmethod
+    def known_variant(cls, variant):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown prompt variant {variant!r}; choose from {list(VARIANTS)}")
+        return variant
+
+    @field_validator("reward_weights")
+    @classmethod
+    def known_rewards(cls, weights):
+        unknown = [k for k in weights if k not in REWARDS]
+        if unknown:
+            raise ValueError(f"unknown reward(s) {unknown}; the registry has {list(REWARDS)}")
+        if not any(weights.values()):
+            raise ValueError("every reward weight is 0: nothing to learn from")
+        return weights
+
+    @model_validator(mode="after")
+    def whole_groups(self):
+        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if batch % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size x gradient_accumulation_steps ({batch}) must be a multiple "
+                f"of num_generations ({self.num_generations}), so every prompt's group is complete"
+            )
+        return self
+
+
+class ReportParams(Section):
+    n_examples: int = Field(3, gt=0)  # examples per kind (improved / regressed / both wrong)
+    max_example_chars: int = Field(1500, gt=0)
+
+
+class Params(Section):
+    model: ModelParams = ModelParams()
+    prepare: PrepareParams = PrepareParams()
+    eval: EvalParams = EvalParams()
+    train: TrainParams = TrainParams()
+    report: ReportParams = ReportParams()
+
+
+def _describe(error: dict, raw: dict) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent, section = raw, Params
+        for part in error["loc"][:-1]:
+            parent = parent.get(part, {}) if isinstance(parent, dict) else {}
+            field = section.model_fields.get(part) if isinstance(section, type) else None
+            section = field.annotation if field else None
+        known = list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+        hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (known keys: {', '.join(known)})" if known else ""
+        return f"{key}: unknown key{suggestion}"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_params(raw: dict, name: str = PARAMS_FILE) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{name}: expected a mapping of sections (model, prepare, eval, train, report)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = "\n  ".join(_describe(e, raw) for e in err.errors())
+        raise UserError(f"{name}: invalid parameters; fix these keys:\n  {lines}") from None
+
+
+def load_params(path=PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: not found; run from the project root (where dvc.yaml is)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({err})") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,16 @@
+"""Where each stage reads and writes; dvc.yaml declares the same paths."""
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+TRAIN_SET, EVAL_SET, DATA_STATS = PREPARED / "train.jsonl", PREPARED / "eval.jsonl", PREPARED / "stats.json"
+PREDICTIONS = Path("data/predictions")
+BASELINE_PREDICTIONS, FINETUNED_PREDICTIONS = PREDICTIONS / "baseline.jsonl", PREDICTIONS / "finetuned.jsonl"
+ADAPTER, CHECKPOINTS = Path("models/adapter"), Path("models/checkpoints")
+TRAIN_LOGS = Path("results/train")  # dvclive: plots/metrics/**.tsv, metrics.json
+METRICS = Path("metrics")
+BASELINE_METRICS, FINETUNED_METRICS = METRICS / "baseline.json", METRICS / "finetuned.json"
+COMPARISON, TRAIN_METRICS = METRICS / "comparison.json", METRICS / "train.json"
+PLOTS = Path("plots")
+ACCURACY_TABLE, ACCURACY_PNG, TRAINING_PNG = PLOTS / "accuracy.csv", PLOTS / "accuracy.png", PLOTS / "training.png"
+REPORT = Path("reports/report.md")

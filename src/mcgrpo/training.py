@@ -1,0 +1,135 @@
+"""GRPO with LoRA through TRL's GRPOTrainer, configured from params; curves go to dvclive.
+
+Checkpoints live in a DVC `persist: true` folder. A rerun with the same params and data resumes
+from the last complete checkpoint; any change starts afresh, so a stale run is never continued.
+"""
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from mcgrpo.fileio import atomic_path, write_json
+from mcgrpo.prompts import build_messages
+from mcgrpo.rewards import REWARDS
+
+RUN_MARKER = "run.json"
+
+
+def grpo_dataset(records: list[dict], variant: str):
+    """Conversational prompts (TRL applies the chat template) plus the columns the rewards read."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": build_messages(r, variant), "answer": r["answer"],
+                               "n_options": len(r["options"])} for r in records])
+
+
+def grpo_config(tp, output_dir, bf16: bool):
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(output_dir), seed=tp.seed, max_steps=tp.max_steps, learning_rate=tp.learning_rate,
+        lr_scheduler_type=tp.lr_scheduler_type, warmup_steps=tp.warmup_steps, weight_decay=tp.weight_decay,
+        max_grad_norm=tp.max_grad_norm, optim=tp.optim,
+        per_device_train_batch_size=tp.per_device_train_batch_size,
+        gradient_accumulation_steps=tp.gradient_accumulation_steps, num_generations=tp.num_generations,
+        max_completion_length=tp.max_completion_length, temperature=tp.temperature, top_p=tp.top_p,
+        beta=tp.beta, loss_type=tp.loss_type, scale_rewards=tp.scale_rewards, num_iterations=tp.num_iterations,
+        epsilon=tp.epsilon, reward_weights=[w for w in tp.reward_weights.values() if w],
+        gradient_checkpointing=tp.gradient_checkpointing, use_vllm=tp.use_vllm,
+        save_steps=tp.save_steps, save_total_limit=tp.save_total_limit, logging_steps=tp.logging_steps,
+        bf16=bf16, use_cpu=not torch.cuda.is_available(), report_to="none", log_completions=False,
+    )
+
+
+def reward_functions(tp) -> list:
+    return [REWARDS[name] for name, weight in tp.reward_weights.items() if weight]
+
+
+def run_fingerprint(tp, model_name: str, train_file) -> dict:
+    data_hash = hashlib.sha256(Path(train_file).read_bytes()).hexdigest()
+    return {"train": tp.model_dump(), "model": model_name, "train_data_sha256": data_hash}
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint-N folder whose trainer_state.json (saved last) exists."""
+    done = [d for d in output_dir.glob("checkpoint-*") if (d / "trainer_state.json").exists()]
+    return max(done, key=lambda d: int(d.name.split("-")[-1]), default=None)
+
+
+def prepare_checkpoints(output_dir: Path, fingerprint: dict) -> Path | None:
+    """Return the checkpoint to resume from, or clear the folder if it belongs to another run."""
+    marker = output_dir / RUN_MARKER
+    if marker.exists() and json.loads(marker.read_text()) == fingerprint:
+        return last_complete_checkpoint(output_dir)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    output_dir.mkdir(parents=True)
+    write_json(marker, fingerprint)
+    return None
+
+
+def _truncate_curves(live_dir: Path, last_step: int) -> None:
+    """Drop logged rows past the checkpoint we resume from, so the curves have no duplicate steps."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        with open(tsv, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= last_step]
+        with atomic_path(tsv) as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f, delimiter="\t", lineterminator="\n").writerows(kept)
+
+
+def make_live_callback(live_dir: Path, resume_step: int | None):
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    class StepAlignedDVCLive(DVCLiveCallback):
+        # dvclive counts log calls; pin its step to the trainer's so a resumed run continues its curves.
+        def on_log(self, args, state, control, **kwargs):
+            if self.live is not None:
+                self.live.step = state.global_step
+            super().on_log(args, state, control, **kwargs)
+
+    if resume_step is None:
+        shutil.rmtree(live_dir, ignore_errors=True)
+    else:
+        _truncate_curves(live_dir, resume_step)
+    # dvc.yaml declares the plots itself, and dvc (not dvclive) records experiments.
+    live = Live(dir=str(live_dir), resume=resume_step is not None, dvcyaml=False, save_dvc_exp=False)
+    return StepAlignedDVCLive(live=live)
+
+
+def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
+               live_dir: Path, fingerprint: dict, bf16: bool) -> dict:
+    """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics."""
+    from trl import GRPOTrainer
+
+    from mcgrpo.torch_logprobs import install_if_needed
+
+    install_if_needed()
+    resume = prepare_checkpoints(checkpoints, fingerprint)
+    resume_step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"]) if resume else None
+    if resume:
+        print(f"resuming from {resume} (step {resume_step})")
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=reward_functions(tp), args=grpo_config(tp, checkpoints, bf16),
+        train_dataset=grpo_dataset(records, tp.variant), processing_class=tokenizer, peft_config=peft_config,
+        callbacks=[make_live_callback(live_dir, resume_step)],
+    )
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with atomic_path(adapter_out) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    tail = history[-10:]
+    return {
+        "steps": trainer.state.global_step,
+        "resumed_from_step": resume_step or 0,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+        "reward_first": round(history[0]["reward"], 4) if history else None,
+        "reward_last10": round(sum(h["reward"] for h in tail) / len(tail), 4) if tail else None,
+        "completion_length_last10": round(sum(h.get("completions/mean_length", 0) for h in tail) / len(tail), 1)
+        if tail else None,
+    }

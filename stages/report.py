@@ -1,0 +1,38 @@
+"""report: reports/report.md from the prepared data, metrics, predictions and plots."""
+
+import yaml
+
+from mcgrpo import paths
+from mcgrpo.errors import run_stage
+from mcgrpo.fileio import read_json, read_jsonl, write_text
+from mcgrpo.params import load_params
+from mcgrpo.report import build_report
+
+
+def lock_hashes() -> dict:
+    """md5 of the adapter and the prepared data as dvc.lock records them (written before this stage runs)."""
+    try:
+        lock = yaml.safe_load(open("dvc.lock")) or {}
+    except FileNotFoundError:
+        return {}
+    wanted = {str(paths.ADAPTER), str(paths.TRAIN_SET), str(paths.EVAL_SET)}
+    return {o["path"]: o["md5"] for stage in lock.get("stages", {}).values() for o in stage.get("outs", [])
+            if o["path"] in wanted}
+
+
+def main():
+    p = load_params()
+    report = build_report(
+        params=p, stats=read_json(paths.DATA_STATS), base_metrics=read_json(paths.BASELINE_METRICS),
+        tuned_metrics=read_json(paths.FINETUNED_METRICS), comparison=read_json(paths.COMPARISON),
+        train_metrics=read_json(paths.TRAIN_METRICS), records=read_jsonl(paths.EVAL_SET),
+        base_rows=read_jsonl(paths.BASELINE_PREDICTIONS), tuned_rows=read_jsonl(paths.FINETUNED_PREDICTIONS),
+        lock_hashes=lock_hashes(),
+        # relative to reports/, so the images render on GitHub
+        plot_paths={"accuracy": f"../{paths.ACCURACY_PNG}", "training curves": f"../{paths.TRAINING_PNG}"})
+    write_text(paths.REPORT, report)
+    print(f"wrote {paths.REPORT}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
