@@ -51,15 +51,15 @@ def _letter_from_body(body: str) -> str | None:
     if not m:
         return None
     letter, after = m["letter"], m["after"]
+    second = _SECOND.match(after)
+    if second and second["letter"] != letter.upper():
+        return AMBIGUOUS
     if letter.islower():
         # Lowercase letters count only when marked as a letter: "(c)", "c)", "c." or "c" alone.
         if not (m["open"] or re.match(r"^\s*(?:[)\].:]|\*\*|$)", after)):
             return None
     elif letter in "AI" and not m["open"] and re.match(r"^ +[a-z]", after):
         return None  # the article "A" or pronoun "I" starting a sentence, not an option
-    second = _SECOND.match(after)
-    if second and second["letter"] != letter.upper():
-        return AMBIGUOUS
     return letter.upper()
 
 

@@ -1,0 +1,32 @@
+# make demo   install the CPU stack, then run every stage offline on a tiny model (about 2 minutes)
+# make test   install test dependencies, then run the whole test suite (what CI runs)
+# make gpu    install the CUDA stack (adds Unsloth) on a GPU machine
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+# torch first: an unpinned torch pulled in by another package would bring gigabytes of CUDA wheels.
+# On a laptop without a local CPU wheel, add: TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+DEMO_DIR ?= build/demo
+
+.PHONY: install demo test test-fast gpu clean
+
+install:
+	$(PIP) install -q $(TORCH_INDEX) "$(TORCH)"
+	$(PIP) install -q -r requirements.txt
+
+demo: install
+	$(PYTHON) -m mcgrpo.cli demo --dir $(DEMO_DIR)
+
+test: install
+	$(PIP) install -q -r requirements-test.txt
+	$(PYTHON) -m pytest
+
+test-fast: install
+	$(PYTHON) -m pytest -m "not slow"
+
+gpu:
+	$(PIP) install -r requirements-gpu.txt
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+
+from mcgrpo.errors import UserError
+from mcgrpo.generation import generate
+from mcgrpo.modeling import PRESETS, build_model, load_model, pick_backend
+from mcgrpo.params import ModelParams
+from mcgrpo.prompts import render_prompt
+
+
+def test_tiny_model_is_a_gemma3_with_gemma_stop_tokens(tiny_model_dir, tiny_model_params):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text" and config["architectures"] == ["Gemma3ForCausalLM"]
+    model, tok, peft_config = load_model(tiny_model_params)
+    assert peft_config is None and not model.training
+    assert tok.convert_tokens_to_ids("<end_of_turn>") in model.generation_config.eos_token_id
+    assert tok.eos_token_id in model.generation_config.eos_token_id and tok.padding_side == "left"
+
+
+def test_gemma_1b_preset_matches_the_real_config():
+    p = PRESETS["gemma-3-1b"]
+    assert (p["hidden_size"], p["num_hidden_layers"], p["num_attention_heads"], p["num_key_value_heads"],
+            p["head_dim"], p["intermediate_size"], p["vocab_size"], p["sliding_window"]) == \
+        (1152, 26, 4, 1, 256, 6912, 262144, 512)
+    with torch.device("meta"):
+        model = build_model("gemma-3-1b")
+    assert 0.99e9 < sum(x.numel() for x in model.parameters()) < 1.01e9  # "1B"
+    assert model.config.layer_types[5] == "full_attention" and model.config.layer_types[0] == "sliding_attention"
+
+
+def test_batched_greedy_generation_equals_one_by_one(tiny_model_params, records):
+    # Left padding and length-sorted batches must not change what greedy decoding produces.
+    model, tok, _ = load_model(tiny_model_params)
+    prompts = [render_prompt(tok, r, v) for r in records for v in ("direct", "cot")]
+    batched = generate(model, tok, prompts, batch_size=5, max_new_tokens=8)
+    single = [generate(model, tok, [p], batch_size=1, max_new_tokens=8)[0] for p in prompts]
+    assert batched == single
+    assert all(0 < o["n_tokens"] <= 8 for o in batched)
+
+
+def test_sampling_is_seeded(tiny_model_params, records):
+    model, tok, _ = load_model(tiny_model_params)
+    prompts = [render_prompt(tok, r, "cot") for r in records[:3]]
+    a = generate(model, tok, prompts, max_new_tokens=8, temperature=1.0, seed=3)
+    b = generate(model, tok, prompts, max_new_tokens=8, temperature=1.0, seed=3)
+    assert a == b
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no such folder"):
+        load_model(ModelParams(name=str(tmp_path / "nope"), backend="transformers"))
+
+
+def test_tokenizer_without_chat_template(tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "chat_template.jinja").unlink()
+    cfg = json.loads((broken / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (broken / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="no chat template"):
+        load_model(ModelParams(name=str(broken), backend="transformers"))
+
+
+def test_backend_choice_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only behaviour")
+    assert pick_backend("auto") == "transformers"
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        pick_backend("unsloth")
+
+
+def test_plain_torch_logprobs_match_log_softmax():
+    from mcgrpo.torch_logprobs import TorchChunkedLogProb
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(7, 16, requires_grad=True), torch.randn(50, 16)
+    targets = torch.randint(0, 50, (7,))
+    logp, entropy, *_ = TorchChunkedLogProb.apply(hidden, weight, None, targets, 0.7, 4096, 30.0, 0.5, ("entropy",))
+    logits = 30.0 * torch.tanh(hidden @ weight.t() * 0.5 / 30.0) / 0.7
+    ref = torch.log_softmax(logits.double(), -1)
+    assert torch.allclose(logp.double(), ref.gather(-1, targets[:, None]).squeeze(-1), atol=1e-5)
+    assert torch.allclose(entropy.double(), -(ref.exp() * ref).sum(-1), atol=1e-5)
+    logp.sum().backward()  # differentiable, as GRPO needs
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all()

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mcgrpo.errors import UserError
+from mcgrpo.params import Params, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_valid_and_sets_every_key():
+    # dvc.yaml leaves params.py out of the stage deps, which is only sound if params.yaml sets every key.
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def keys(d, prefix=""):
+        return {f"{prefix}{k}" for k in d} | {x for k, v in d.items() if isinstance(v, dict) and k != "reward_weights"
+                                              for x in keys(v, f"{prefix}{k}.")}
+    assert keys(raw) == keys(Params().model_dump())
+    p = load_params(ROOT / "params.yaml")
+    assert p.model.name == "unsloth/gemma-3-1b-it" and p.prepare.path == "ehovy/race"
+
+
+def test_dvc_exp_style_strings_are_numbers():
+    # `dvc exp run -S train.learning_rate=1e-5` writes 1e-05, which YAML reads as a string
+    raw = yaml.safe_load("train:\n  learning_rate: 1e-05\n  max_steps: '20'\n")
+    assert isinstance(raw["train"]["learning_rate"], str)
+    p = parse_params(raw)
+    assert p.train.learning_rate == 1e-5 and p.train.max_steps == 20
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(UserError) as err:
+        parse_params({"train": {"learnin_rate": 1e-5}}, "params.yaml")
+    assert "params.yaml" in str(err.value) and "train.learnin_rate: unknown key (did you mean 'learning_rate'?)" \
+        in str(err.value)
+    with pytest.raises(UserError, match="trian: unknown key .did you mean 'train'"):
+        parse_params({"trian": {}})
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"train": {"max_steps": 0}}, "train.max_steps"),
+    ({"train": {"max_steps": -3}}, "train.max_steps"),
+    ({"train": {"learning_rate": "fast"}}, "train.learning_rate"),
+    ({"eval": {"variants": ["direct", "socratic"]}}, "eval.variants"),
+    ({"model": {"dtype": "float16"}}, "model.dtype"),
+    ({"train": {"reward_weights": {"corect": 1.0}}}, "train.reward_weights"),
+    ({"train": {"num_generations": 3}}, "train"),  # 8 x 2 completions is not a multiple of 3
+    ({"prepare": {"source": "csv"}}, "prepare.source"),
+])
+def test_bad_values_name_the_key(raw, key):
+    with pytest.raises(UserError) as err:
+        parse_params(raw)
+    assert key in str(err.value)
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")

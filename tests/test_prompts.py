@@ -1,0 +1,35 @@
+import pytest
+
+from mcgrpo.prompts import INSTRUCTIONS, VARIANTS, build_messages, format_question, render_prompt
+
+
+def test_variants_and_question_layout(records):
+    assert set(VARIANTS) >= {"direct", "cot"}
+    text = format_question(records[0])
+    assert text.startswith("Passage:\n") and f"Question: {records[0]['question']}" in text
+    assert "\nA) " in text and "\nD) " in text and "E) " not in text
+
+
+def test_single_user_turn_with_instructions(records):
+    msgs = build_messages(records[0], "cot")
+    assert [m["role"] for m in msgs] == ["user"]  # Gemma has no system role
+    assert msgs[0]["content"].startswith(INSTRUCTIONS["cot"]) and "<answer>" in msgs[0]["content"]
+    with pytest.raises(KeyError, match="unknown prompt variant"):
+        build_messages(records[0], "nope")
+
+
+def test_no_passage_no_passage_header():
+    assert not format_question({"context": "", "question": "Q?", "options": ["a", "b"]}).startswith("Passage")
+
+
+def test_gemma_chat_template(tiny_model_dir, records):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = render_prompt(tok, records[0], "direct")
+    assert prompt.startswith("<bos><start_of_turn>user\n" + INSTRUCTIONS["direct"])
+    assert prompt.endswith("<end_of_turn>\n<start_of_turn>model\n")
+    # a system message is folded into the first user turn, as Gemma's own template does
+    folded = tok.apply_chat_template([{"role": "system", "content": "SYS"}, {"role": "user", "content": "hi"}],
+                                     tokenize=False, add_generation_prompt=True)
+    assert folded == "<bos><start_of_turn>user\nSYS\n\nhi<end_of_turn>\n<start_of_turn>model\n"

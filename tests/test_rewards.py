@@ -1,0 +1,129 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mcgrpo.rewards import (
+    REWARDS,
+    correctness_reward,
+    extract_answer,
+    follows_format,
+    format_reward,
+    mc_reward,
+    reasoning_text,
+    score_completion,
+    tag_count_reward,
+)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Answer: C", "C"),
+    ("the answer is (c)", "C"),
+    ("**Answer:** C", "C"),
+    ("**Answer**: D", "D"),
+    ("<answer>C</answer>", "C"),
+    ("<answer> (B) </answer>", "B"),
+    (r"so \boxed{C}", "C"),
+    (r"$\boxed{\text{B}}$", "B"),
+    ("Answer: C) The boy went home", "C"),
+    ("Final answer: B.", "B"),
+    ("The correct option is D.", "D"),
+    ("The answer would be B", "B"),
+    ("answer: c", "C"),
+    ("C", "C"),
+    ("(B)", "B"),
+    ("B. Because the passage says so", "B"),
+    ("C) The boy", "C"),
+    ("<reasoning>Option A is wrong, so is B.</reasoning><answer>D</answer>", "D"),
+    ("<answer>Answer: C</answer>", "C"),
+    # the last declaration wins
+    ("Answer: B\nWait, let me check again.\nFinal answer: D", "D"),
+    ("<answer>A</answer> ... on reflection <answer>C</answer>", "C"),
+    # an unreadable later mention does not erase a clear declaration
+    ("Answer: C. The answer is in paragraph 2.", "C"),
+])
+def test_extracts_declared_letter(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "Answer: A boy went home",          # the article, not option A
+    "A boy went home.",                 # stray capital at the start
+    "I think the passage is about B",   # no declaration
+    "Option A says x. Option B says y.",
+    "answer is a good one",             # lowercase word, not a letter
+    "Answer: A or B",                   # two letters in the final declaration
+    "<answer>A, C</answer>",
+    "Answer: B\nFinal answer: A or C",  # final declaration is ambiguous: no fallback to B
+    "Answer: E",                        # outside 4 options
+    "",
+])
+def test_no_answer(text):
+    assert extract_answer(text, n_options=4) is None
+
+
+def test_letter_range_follows_n_options():
+    assert extract_answer("Answer: E", n_options=5) == "E"
+    assert extract_answer("Answer: E", n_options=4) is None
+    assert extract_answer("Answer: J", n_options=10) == "J"
+    assert extract_answer("Answer: C", n_options=2) is None
+
+
+def test_conversational_completions():
+    convo = [{"role": "assistant", "content": "<reasoning>x</reasoning><answer>B</answer>"}]
+    assert extract_answer(convo) == "B"
+    assert correctness_reward([convo, [{"role": "assistant", "content": "Answer: A"}]], answer=["B", "B"],
+                              n_options=[4, 4]) == [1.0, 0.0]
+
+
+def test_format_reward_strict():
+    good = "<reasoning>The passage says C.</reasoning>\n<answer>C</answer>"
+    assert format_reward([good, "Answer: C", "<reasoning></reasoning><answer>C</answer> extra"]) == [1.0, 0.0, 0.0]
+    assert follows_format("C", "direct") and not follows_format("C because the passage says it", "direct")
+
+
+def test_tag_count_reward_partial_credit():
+    assert tag_count_reward(["<reasoning>x</reasoning>", "<reasoning>x</reasoning><answer>A</answer>", "none"]) == \
+        [0.5, 1.0, 0.0]
+
+
+def test_mc_reward_weights_and_trl_signature():
+    completions = ["<reasoning>r</reasoning><answer>B</answer>", "Answer: B", "Answer: A"]
+    # TRL passes prompts, completion_ids and dataset columns as keywords: all must be accepted
+    rewards = mc_reward(completions, answer=["B"] * 3, n_options=[4] * 3, prompts=["p"] * 3, completion_ids=None,
+                        trainer_state=None)
+    assert rewards == [pytest.approx(1.2), 1.0, 0.0]
+    assert mc_reward(completions, ["B"] * 3, weights={"correct": 0.0, "format": 1.0}) == [1.0, 0.0, 0.0]
+    assert set(REWARDS) >= {"correct", "format"}
+
+
+def test_score_completion_and_reasoning():
+    s = score_completion("<reasoning>because x</reasoning><answer>A</answer>", "A")
+    assert s == {"pred": "A", "correct": True, "format_ok": True, "reward": pytest.approx(1.2)}
+    assert reasoning_text("<reasoning>because x</reasoning><answer>A</answer>") == "because x"
+
+
+def test_score_cli_reads_stdin_and_keeps_order(tmp_path):
+    lines = [{"completion": "<reasoning>r</reasoning><answer>B</answer>", "answer": "B"},
+             {"completion": "Answer: E", "answer": "E", "n_options": 5},
+             {"completion": "Answer: A boy", "answer": "A"}]
+    src = "\n".join(json.dumps(x) for x in lines) + "\n"
+    out = subprocess.run([sys.executable, "-m", "mcgrpo.cli", "score"], input=src, text=True, capture_output=True,
+                         check=True).stdout.splitlines()
+    got = [json.loads(x) for x in out]
+    assert [g["pred"] for g in got] == ["B", "E", None]
+    assert [g["correct"] for g in got] == [True, True, False]
+    assert got[0]["format_ok"] is True and got[0]["reward"] == pytest.approx(1.2)
+    f = tmp_path / "in.jsonl"
+    f.write_text(src)
+    assert subprocess.run([sys.executable, "-m", "mcgrpo.cli", "score", str(f)], text=True, capture_output=True,
+                          check=True).stdout.splitlines() == out
+
+
+def test_score_cli_bad_line_names_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"completion": "A", "answer": "A"}\n{"completion": "x"}\n')
+    proc = subprocess.run([sys.executable, "-m", "mcgrpo.cli", "score", str(f)], text=True, capture_output=True)
+    assert proc.returncode == 2
+    assert f"{f}:2" in proc.stderr and "answer" in proc.stderr
