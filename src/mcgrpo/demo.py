@@ -89,7 +89,7 @@ def run_demo(project: Path, dest: Path) -> None:
     print("\n$ dvc exp run -S train.learning_rate=0.001   (an experiment: only train and what follows rerun)", flush=True)
     run(["dvc", "exp", "run", "-S", "train.learning_rate=0.001"], dest)
     print("\n$ dvc metrics diff --md   (experiment vs the committed run)", flush=True)
-    run(["dvc", "metrics", "diff", "--md", "--all", *MODEL_METRICS, "metrics/train.json"], dest)
+    run(["dvc", "metrics", "diff", "--md", "--all", "--targets", *MODEL_METRICS, "metrics/train.json"], dest)
     print(f"\nreport: {dest / 'reports/report.md'}\nplots:  {dest / 'plots'}")
 
 
