@@ -198,8 +198,11 @@ def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 0) -> Path:
     """Write a random-init Gemma3ForCausalLM and its locally trained tokenizer to out_dir."""
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(tokenizer_corpus(seed))
+    # The 1B preset keeps Gemma's 262,144-token vocabulary (the real compute and memory); ids the small
+    # tokenizer lacks decode to nothing. It is saved in bf16, as the real checkpoint is.
     vocab = None if preset == "gemma-3-1b" else len(tokenizer)
-    model = build_model(preset, vocab_size=vocab, seed=seed)
+    dtype = torch.bfloat16 if preset == "gemma-3-1b" else torch.float32
+    model = build_model(preset, vocab_size=vocab, seed=seed, dtype=dtype)
     eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, eot]
     model.generation_config.pad_token_id = tokenizer.pad_token_id

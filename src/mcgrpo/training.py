@@ -82,8 +82,13 @@ def _truncate_curves(live_dir: Path, last_step: int) -> None:
 
 
 def make_live_callback(live_dir: Path, resume_step: int | None):
-    from dvclive import Live
-    from transformers.integrations import DVCLiveCallback
+    """A dvclive callback writing curves to live_dir, or None (with a warning) where dvclive is missing."""
+    try:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+    except ImportError as err:  # e.g. the package used outside a DVC install; the pipeline always has it
+        print(f"warning: dvclive unavailable ({err}); training curves will not be logged")
+        return None
 
     class StepAlignedDVCLive(DVCLiveCallback):
         # dvclive counts log calls; pin its step to the trainer's so a resumed run continues its curves.
@@ -116,7 +121,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_functions(tp), args=grpo_config(tp, checkpoints, bf16),
         train_dataset=grpo_dataset(records, tp.variant), processing_class=tokenizer, peft_config=peft_config,
-        callbacks=[make_live_callback(live_dir, resume_step)],
+        callbacks=[cb for cb in [make_live_callback(live_dir, resume_step)] if cb],
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     with atomic_path(adapter_out) as tmp:
@@ -132,4 +137,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
         "reward_last10": round(sum(h["reward"] for h in tail) / len(tail), 4) if tail else None,
         "completion_length_last10": round(sum(h.get("completions/mean_length", 0) for h in tail) / len(tail), 1)
         if tail else None,
+        "step_time_s_last10": round(sum(h.get("step_time", 0) for h in tail) / len(tail), 2) if tail else None,
+        **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+           if torch.cuda.is_available() else {}),
     }

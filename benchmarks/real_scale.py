@@ -1,0 +1,78 @@
+"""Run the real stage scripts at Gemma 3 1B's exact shape on a GPU, and record time and memory.
+
+Real weights can't be downloaded here, so the model is a random-init Gemma3ForCausalLM with the
+1B config (262,144 vocab, bf16): compute and memory are the real ones, answers are noise. The data
+are real RACE questions (benchmarks/make_race_sample.py). Stages run as `python stages/<name>.py`
+in a scratch folder, exactly as `dvc repro` runs them (dvc itself is not on the GPU machine).
+
+    python benchmarks/real_scale.py --race .bench/race_test.jsonl --backend unsloth --out $OUT/unsloth
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from mcgrpo.demo import deep_merge  # noqa: E402
+from mcgrpo.modeling import build_tiny_model  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--race", required=True)
+parser.add_argument("--backend", default="transformers", choices=["transformers", "unsloth"])
+parser.add_argument("--out", required=True)
+parser.add_argument("--work", default="/tmp/mcgrpo-real-scale")
+parser.add_argument("--stages", default="prepare,baseline,train,evaluate")
+parser.add_argument("--n-eval", type=int, default=64)
+parser.add_argument("--steps", type=int, default=3)
+parser.add_argument("--preset", default="gemma-3-1b", help="tiny: a CPU dry run of this script")
+args = parser.parse_args()
+
+work, out = Path(args.work), Path(args.out)
+out.mkdir(parents=True, exist_ok=True)
+model_dir = work.parent / f"{args.preset}-shape"
+if not model_dir.exists():
+    t = time.perf_counter()
+    build_tiny_model(model_dir, preset=args.preset)
+    print(f"built random-init 1B model in {time.perf_counter() - t:.0f} s", flush=True)
+if not (work / "stages").exists():
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "stages", work / "stages")
+    shutil.copy(args.race, work / "race.jsonl")
+params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {
+    "model": {"name": str(model_dir), "backend": args.backend, "dtype": "bfloat16" if args.preset != "tiny" else "auto"},
+    "prepare": {"source": "table", "path": "race.jsonl", "config": None, "n_train": 64, "n_eval": args.n_eval,
+                "max_prompt_tokens": 1024,
+                "fields": {"id": "id", "context": "context", "question": "question", "options": "options",
+                           "answer": "answer", "answer_format": "letter", "source": "source"}},
+    "eval": {"batch_size": 64, "max_new_tokens": 256},
+    # the issue's GRPO step: 8 prompts x 8 generations x 256 completion tokens
+    "train": {"max_steps": args.steps, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 8,
+              "num_generations": 8, "max_completion_length": 256, "save_steps": 1000, "logging_steps": 1},
+})
+(work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+env_path = f"{ROOT / 'src'}:{__import__('os').environ.get('PYTHONPATH', '')}"
+timings = {}
+for stage in args.stages.split(","):
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=work, text=True, capture_output=True,
+                          env={**__import__("os").environ, "PYTHONPATH": env_path})
+    timings[stage] = round(time.perf_counter() - t, 1)
+    (out / f"{stage}.log").write_text(proc.stdout + proc.stderr)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "it/s]" not in ln and "s/it]" not in ln]
+    print(f"--- {stage}: rc={proc.returncode} {timings[stage]} s\n" + "\n".join(lines[-15:]), flush=True)
+    if proc.returncode:
+        break
+for name in ["metrics/baseline.json", "metrics/finetuned.json", "metrics/comparison.json", "metrics/train.json",
+             "data/prepared/stats.json"]:
+    if (work / name).exists():
+        shutil.copy(work / name, out / Path(name).name)
+(out / "timings.json").write_text(json.dumps({"backend": args.backend, "stage_seconds": timings}, indent=2))
+print(json.dumps(timings))
