@@ -41,10 +41,10 @@ if not model_dir.exists():
     t = time.perf_counter()
     build_tiny_model(model_dir, preset=args.preset)
     print(f"built random-init 1B model in {time.perf_counter() - t:.0f} s", flush=True)
-if not (work / "stages").exists():
-    work.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ROOT / "stages", work / "stages")
-    shutil.copy(args.race, work / "race.jsonl")
+shutil.rmtree(work, ignore_errors=True)  # a warm machine keeps /tmp between calls: start clean
+work.mkdir(parents=True)
+shutil.copytree(ROOT / "stages", work / "stages")
+shutil.copy(args.race, work / "race.jsonl")
 params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {
     "model": {"name": str(model_dir), "backend": args.backend, "dtype": "bfloat16" if args.preset != "tiny" else "auto"},
     "prepare": {"source": "table", "path": "race.jsonl", "config": None, "n_train": 64, "n_eval": args.n_eval,

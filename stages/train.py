@@ -20,7 +20,7 @@ def main():
 
     summary = train_grpo(
         model, tokenizer, peft_config, records, p.train, checkpoints=paths.CHECKPOINTS, adapter_out=paths.ADAPTER,
-        live_dir=paths.TRAIN_LOGS, fingerprint=run_fingerprint(p.train, p.model.name, paths.TRAIN_SET),
+        live_dir=paths.TRAIN_LOGS, fingerprint=run_fingerprint(p.train, p.model, paths.TRAIN_SET),
         bf16=torch_dtype(p.model.dtype) == torch.bfloat16)
     write_json(paths.TRAIN_METRICS, {"backend": backend, **summary})
     print(summary)

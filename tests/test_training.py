@@ -25,7 +25,7 @@ def run(tiny_model_params, tmp_path, tp, records):
     write_jsonl(tmp_path / "train.jsonl", records)
     return train_grpo(model, tok, peft_config, records, tp, checkpoints=tmp_path / "ckpt",
                       adapter_out=tmp_path / "adapter", live_dir=tmp_path / "live",
-                      fingerprint=run_fingerprint(tp, tiny_model_params.name, tmp_path / "train.jsonl"), bf16=False)
+                      fingerprint=run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl"), bf16=False)
 
 
 def steps_logged(live_dir):
@@ -53,6 +53,17 @@ def test_grpo_trains_saves_adapter_and_resumes(tiny_model_params, tmp_path):
     # The adapter loads back onto the base model for evaluation.
     model, _, _ = load_model(tiny_model_params, adapter_dir=tmp_path / "adapter")
     assert not hasattr(model, "peft_config")  # merged for fast inference
+
+
+def test_fingerprint_covers_backend_and_data(tmp_path, tiny_model_params):
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    tp = tiny_train_params()
+    base = run_fingerprint(tp, tiny_model_params, data)
+    assert run_fingerprint(tp, tiny_model_params.model_copy(update={"backend": "unsloth"}), data) != base
+    assert run_fingerprint(tiny_train_params(learning_rate=0.5), tiny_model_params, data) != base
+    data.write_text("{}\n{}\n")
+    assert run_fingerprint(tp, tiny_model_params, data) != base
 
 
 def test_changed_params_never_resume_a_stale_run(tmp_path):

@@ -49,9 +49,14 @@ def reward_functions(tp) -> list:
     return [REWARDS[name] for name, weight in tp.reward_weights.items() if weight]
 
 
-def run_fingerprint(tp, model_name: str, train_file) -> dict:
+def run_fingerprint(tp, model_params, train_file) -> dict:
+    """What a checkpoint must match to be resumed: every train and model param, and the data.
+
+    The model section matters too: a transformers-backend checkpoint must never be resumed by an
+    Unsloth run (seen on the GPU machine before this covered the backend).
+    """
     data_hash = hashlib.sha256(Path(train_file).read_bytes()).hexdigest()
-    return {"train": tp.model_dump(), "model": model_name, "train_data_sha256": data_hash}
+    return {"train": tp.model_dump(), "model": model_params.model_dump(), "train_data_sha256": data_hash}
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
