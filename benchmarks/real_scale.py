@@ -10,6 +10,7 @@ in a scratch folder, exactly as `dvc repro` runs them (dvc itself is not on the 
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -58,15 +59,16 @@ params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {
 })
 (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-env_path = f"{ROOT / 'src'}:{__import__('os').environ.get('PYTHONPATH', '')}"
+env_path = f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"
 timings = {}
 for stage in args.stages.split(","):
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=work, text=True, capture_output=True,
-                          env={**__import__("os").environ, "PYTHONPATH": env_path})
+    # Stream to a file, so a run killed by a time limit still leaves its log behind.
+    with open(out / f"{stage}.log", "w") as log:
+        proc = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=work, text=True, stdout=log,
+                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": env_path})
     timings[stage] = round(time.perf_counter() - t, 1)
-    (out / f"{stage}.log").write_text(proc.stdout + proc.stderr)
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "it/s]" not in ln and "s/it]" not in ln]
+    lines = [ln for ln in (out / f"{stage}.log").read_text().splitlines() if "it/s]" not in ln and "s/it]" not in ln]
     print(f"--- {stage}: rc={proc.returncode} {timings[stage]} s\n" + "\n".join(lines[-15:]), flush=True)
     if proc.returncode:
         break
