@@ -1,17 +1,27 @@
-"""plots: accuracy per variant (base vs fine-tuned) for `dvc plots` and as PNG; training curves PNG."""
+"""plots: accuracy per variant and per source (base vs fine-tuned) for `dvc plots` and as PNGs; reward
+distribution and training curves as PNGs."""
 
 from mcgrpo import paths
 from mcgrpo.errors import run_stage
-from mcgrpo.fileio import read_json
-from mcgrpo.plots import accuracy_rows, plot_accuracy, plot_training, write_accuracy_csv
+from mcgrpo.fileio import read_json, read_jsonl
+from mcgrpo.params import load_params
+from mcgrpo.plots import (accuracy_rows, plot_accuracy, plot_by_source, plot_reward_distribution, plot_training,
+                          source_rows, write_csv)
 
 
 def main():
-    rows = accuracy_rows(read_json(paths.BASELINE_METRICS), read_json(paths.FINETUNED_METRICS))
-    write_accuracy_csv(paths.ACCURACY_TABLE, rows)
+    p = load_params()
+    base, tuned = read_json(paths.BASELINE_METRICS), read_json(paths.FINETUNED_METRICS)
+    rows = accuracy_rows(base, tuned)
+    write_csv(paths.ACCURACY_TABLE, rows)
     plot_accuracy(paths.ACCURACY_PNG, rows)
+    rows = source_rows(base, tuned)
+    write_csv(paths.SOURCE_TABLE, rows)
+    plot_by_source(paths.SOURCE_PNG, rows)
+    plot_reward_distribution(paths.REWARDS_PNG, read_jsonl(paths.BASELINE_PREDICTIONS),
+                             read_jsonl(paths.FINETUNED_PREDICTIONS), p.train.variant)
     curves = plot_training(paths.TRAINING_PNG, paths.TRAIN_LOGS)
-    print(f"wrote {paths.ACCURACY_TABLE}, {paths.ACCURACY_PNG}, {paths.TRAINING_PNG} ({', '.join(curves)})")
+    print(f"wrote {paths.PLOTS}/ (training curves: {', '.join(curves) or 'none'})")
 
 
 if __name__ == "__main__":

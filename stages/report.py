@@ -29,7 +29,9 @@ def main():
         base_rows=read_jsonl(paths.BASELINE_PREDICTIONS), tuned_rows=read_jsonl(paths.FINETUNED_PREDICTIONS),
         lock_hashes=lock_hashes(),
         # relative to reports/, so the images render on GitHub
-        plot_paths={"accuracy": f"../{paths.ACCURACY_PNG}", "training curves": f"../{paths.TRAINING_PNG}"})
+        plot_paths={name: f"../{path}" for name, path in (
+            ("accuracy per variant", paths.ACCURACY_PNG), ("accuracy by source", paths.SOURCE_PNG),
+            ("reward distribution", paths.REWARDS_PNG), ("training curves", paths.TRAINING_PNG))})
     write_text(paths.REPORT, report)
     print(f"wrote {paths.REPORT}")
 

@@ -30,4 +30,4 @@ def tiny_model_params(tiny_model_dir):
 def records():
     from mcgrpo.data.synthetic import make_synthetic_mc
 
-    return make_synthetic_mc(6, seed=1)
+    return [{**r, "source": "synthetic"} for r in make_synthetic_mc(6, seed=1)]

@@ -1,18 +1,45 @@
 import pytest
 
-from mcgrpo.metrics import compare, format_comparison, mcnemar_exact, summarize
+from mcgrpo.metrics import bootstrap_ci, compare, format_comparison, format_metrics, mcnemar_exact, summarize
 
 
-def row(i, variant, correct, pred="A", fmt=True, n=10):
-    return {"id": str(i), "variant": variant, "correct": correct, "pred": pred, "format_ok": fmt, "n_tokens": n}
+def row(i, variant, correct, pred="A", fmt=True, n=10, answer="A", source="s1", kind="wh"):
+    return {"id": str(i), "variant": variant, "correct": correct, "pred": pred, "format_ok": fmt, "n_tokens": n,
+            "answer": answer, "source": source, "kind": kind, "reasoning_words": n // 2}
 
 
 def test_summarize_per_variant():
-    rows = [row(0, "cot", True), row(1, "cot", False, pred=None, fmt=False, n=20), row(0, "direct", False)]
-    m = summarize(rows)
-    assert m["cot"] == {"accuracy": 0.5, "format_rate": 0.5, "answered_rate": 0.5, "mean_completion_tokens": 15.0,
-                        "n": 2}
-    assert m["direct"]["accuracy"] == 0.0 and m["direct"]["n"] == 1
+    rows = [row(0, "cot", True), row(1, "cot", False, pred=None, fmt=False, n=20, source="s2", kind="fill-in"),
+            row(0, "direct", False, pred="B")]
+    m = summarize(rows)["cot"]
+    assert (m["accuracy"], m["format_rate"], m["answered_rate"], m["mean_completion_tokens"], m["n"]) == \
+        (0.5, 0.5, 0.5, 15.0, 2)
+    assert m["mean_reasoning_words"] == 7.5
+    assert m["by_source"] == {"s1": {"accuracy": 1.0, "n": 1}, "s2": {"accuracy": 0.0, "n": 1}}
+    assert m["by_kind"] == {"fill-in": {"accuracy": 0.0, "n": 1}, "wh": {"accuracy": 1.0, "n": 1}}
+    assert summarize(rows)["direct"]["accuracy"] == 0.0
+
+
+def test_letter_bias_is_total_variation_distance():
+    # gold is uniform over A-D, the model always answers A: distance = 1 - 1/4
+    rows = [row(i, "cot", i % 4 == 0, pred="A", answer="ABCD"[i % 4]) for i in range(8)]
+    m = summarize(rows)["cot"]
+    assert m["pred_letters"] == {"A": 1.0} and m["gold_letters"] == {"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}
+    assert m["letter_bias"] == 0.75
+    unbiased = summarize([row(i, "cot", True, pred="ABCD"[i % 4], answer="ABCD"[i % 4]) for i in range(8)])
+    assert unbiased["cot"]["letter_bias"] == 0.0
+
+
+def test_bootstrap_interval_contains_estimate_and_shrinks_with_n():
+    small = [True, False] * 10  # accuracy 0.5, n=20
+    large = [True, False] * 500  # accuracy 0.5, n=1000
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_l, hi_l = bootstrap_ci(large)
+    assert lo_s < 0.5 < hi_s and lo_l < 0.5 < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 4  # width ~ 1/sqrt(n): sqrt(50) ~ 7x narrower
+    assert abs((hi_l - lo_l) - 2 * 1.96 * (0.25 / 1000) ** 0.5) < 0.01  # matches the normal approximation
+    assert bootstrap_ci(small) == (lo_s, hi_s)  # seeded: reruns agree
+    assert bootstrap_ci([True] * 30) == (1.0, 1.0)
 
 
 def test_mcnemar_exact_known_table():
@@ -31,4 +58,13 @@ def test_compare_pairs_by_id():
     c = compare(base, tuned)["cot"]
     assert c["base_accuracy"] == 0.5 and c["finetuned_accuracy"] == 0.75 and c["accuracy_delta"] == 0.25
     assert (c["fixed"], c["broken"], c["n_paired"]) == (2, 1, 4)
-    assert "| cot | 0.5 | 0.75 | +0.2500 | 2 | 1 |" in format_comparison({"cot": c})
+    assert c["accuracy_delta_ci_low"] <= 0.25 <= c["accuracy_delta_ci_high"]
+    table = format_comparison({"cot": c})
+    assert "| cot | 0.5 | 0.75 | +0.2500 [" in table and "| 2 | 1 |" in table
+    assert "0.500 [" in format_metrics({"base": summarize(base)})
+
+
+def test_loglik_accuracy_norm_key():
+    rows = [dict(row(0, "loglik", True), correct_norm=False), dict(row(1, "loglik", True), correct_norm=True)]
+    m = summarize(rows)["loglik"]
+    assert m["accuracy"] == 1.0 and m["accuracy_norm"] == 0.5

@@ -87,3 +87,34 @@ def test_plain_torch_logprobs_match_log_softmax():
     assert torch.allclose(entropy.double(), -(ref.exp() * ref).sum(-1), atol=1e-5)
     logp.sum().backward()  # differentiable, as GRPO needs
     assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
+
+
+def test_loglik_scores_match_a_plain_forward_pass(tiny_model_params, records):
+    # Batched, left-padded scoring with logits_to_keep must equal scoring each option alone.
+    from mcgrpo.loglik import loglik_context, loglik_rows, option_logprobs
+
+    model, tok, _ = load_model(tiny_model_params)
+    batched = option_logprobs(model, tok, records[:3], batch_size=5)
+    for record, scores in zip(records[:3], batched):
+        ctx = tok(loglik_context(record))["input_ids"]
+        for option, score in zip(record["options"], scores):
+            opt = tok(" " + option, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ctx + opt])).logits[0].double(), -1)
+            expected = sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(opt))
+            assert score == pytest.approx(expected, abs=1e-3)
+    rows = loglik_rows(model, tok, records[:3], 4, "base", lambda q: "wh")
+    assert all(r["variant"] == "loglik" and r["pred"] in "ABCD" and len(r["option_logprobs"]) == 4 for r in rows)
+    assert rows[0]["pred"] == "ABCD"[max(range(4), key=batched[0].__getitem__)]
+
+
+def test_eval_modes(tiny_model_params, records):
+    from mcgrpo.evaluation import answer_eval_set
+    from mcgrpo.params import EvalParams
+
+    model, tok, _ = load_model(tiny_model_params)
+    variants = lambda mode: sorted({r["variant"] for r in answer_eval_set(  # noqa: E731
+        model, tok, records[:2], EvalParams(mode=mode, max_new_tokens=4), "base")})
+    assert variants("loglik") == ["loglik"]
+    assert variants("generate") == ["cot", "direct"]
+    assert variants("both") == ["cot", "direct", "loglik"]

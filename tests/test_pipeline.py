@@ -40,10 +40,11 @@ def test_outputs(repo):
                  "data/predictions/baseline.jsonl", "data/predictions/finetuned.jsonl",
                  "models/adapter/adapter_config.json", "metrics/baseline.json", "metrics/finetuned.json",
                  "metrics/comparison.json", "metrics/train.json", "plots/accuracy.csv", "plots/accuracy.png",
+                 "plots/accuracy_by_source.csv", "plots/accuracy_by_source.png", "plots/rewards.png",
                  "plots/training.png", "reports/report.md", "results/train/plots/metrics/reward.tsv"]:
         assert (repo / path).exists(), path
     base, tuned = (json.loads((repo / f"metrics/{m}.json").read_text()) for m in ("baseline", "finetuned"))
-    assert set(base) == set(tuned) == {"direct", "cot"}
+    assert set(base) == set(tuned) == {"direct", "cot", "loglik"}
     assert base["cot"].keys() == tuned["cot"].keys() and base["cot"]["n"] == 24
     stats = json.loads((repo / "data/prepared/stats.json").read_text())
     assert stats["train"]["n"] == 48 and stats["eval"]["n"] == 24
@@ -52,8 +53,10 @@ def test_outputs(repo):
     assert json.loads((repo / "metrics/train.json").read_text())["steps"] == 6
     report = (repo / "reports/report.md").read_text()
     for heading in ["## Dataset", "## Prompts", "## Reward", "## Training configuration", "## Results",
-                    "## Examples"]:
+                    "## Insights", "## Examples", "## Limitations"]:
         assert heading in report
+    comparison = json.loads((repo / "metrics/comparison.json").read_text())
+    assert f"| loglik | {comparison['loglik']['base_accuracy']} |" in report  # numbers come from the metrics
     # metrics files are git-tracked (cache: false); the big outputs are DVC-cached
     ignored = (repo / "data/predictions/.gitignore").read_text()
     assert "/baseline.jsonl" in ignored and not (repo / "metrics/.gitignore").exists()

@@ -5,14 +5,21 @@ import time
 import torch
 
 from mcgrpo.generation import generate
+from mcgrpo.loglik import loglik_rows
 from mcgrpo.prompts import render_prompt
-from mcgrpo.rewards import score_completion
+from mcgrpo.data.stats import question_kind
+from mcgrpo.rewards import reasoning_text, score_completion
 
 
 def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str) -> list[dict]:
-    """Prediction rows (id, variant, model, completion, pred, correct, format_ok, reward, n_tokens, ...)."""
+    """Prediction rows (id, variant, model, completion, pred, correct, format_ok, reward, n_tokens, ...).
+
+    eval.mode: "generate" (each prompt variant), "loglik" (option log-likelihood, no generation) or both.
+    """
     rows = []
-    for variant in ep.variants:
+    if ep.mode in ("loglik", "both"):
+        rows += loglik_rows(model, tokenizer, records, ep.batch_size, model_label, question_kind)
+    for variant in (ep.variants if ep.mode in ("generate", "both") else []):
         prompts = [render_prompt(tokenizer, r, variant) for r in records]
         start = time.perf_counter()
         outputs = generate(model, tokenizer, prompts, batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,
@@ -26,6 +33,7 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str)
         for record, out in zip(records, outputs):
             score = score_completion(out["text"], record["answer"], len(record["options"]), variant)
             rows.append({"id": record["id"], "variant": variant, "model": model_label, "source": record["source"],
-                         "answer": record["answer"], **score, "n_tokens": out["n_tokens"],
+                         "kind": question_kind(record["question"]), "answer": record["answer"], **score,
+                         "n_tokens": out["n_tokens"], "reasoning_words": len(reasoning_text(out["text"]).split()),
                          "finished": out["finished"], "completion": out["text"]})
     return rows

@@ -4,28 +4,71 @@ A prediction row is {id, variant, completion, pred, correct, format_ok, n_tokens
 and fine-tuned metrics use the same keys so `dvc metrics diff/show` line them up.
 """
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
+import numpy as np
 from scipy.stats import binomtest
 
+from mcgrpo.rewards import LETTERS
+
 METRIC_KEYS = ("accuracy", "format_rate", "answered_rate", "mean_completion_tokens", "n")
+BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 2000, 0
+
+
+def bootstrap_ci(correct, level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED):
+    """Percentile bootstrap interval of a mean (resampling questions); seeded, so reruns agree."""
+    values = np.asarray(correct, dtype=float)
+    if len(values) == 0:
+        return 0.0, 0.0
+    means = values[np.random.default_rng(seed).integers(0, len(values), (samples, len(values)))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return round(float(low), 4), round(float(high), 4)
+
+
+def _accuracy_by(items, key) -> dict:
+    groups = defaultdict(list)
+    for r in items:
+        groups[r.get(key) or "unknown"].append(r["correct"])
+    return {g: {"accuracy": round(sum(v) / len(v), 4), "n": len(v)} for g, v in sorted(groups.items())}
+
+
+def _letter_shares(letters, n: int) -> dict:
+    counts = Counter(letters)
+    return {k: round(counts[k] / n, 4) for k in LETTERS if counts[k]}
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per variant: accuracy, format_rate, answered_rate (a letter was extracted), mean tokens, n."""
+    """Per variant: accuracy with a bootstrap 95% interval, format and answer rates, lengths, breakdowns
+    by source and question kind, and predicted vs gold letter shares (position bias)."""
     by_variant = defaultdict(list)
     for row in rows:
         by_variant[row["variant"]].append(row)
     out = {}
     for variant, items in by_variant.items():
         n = len(items)
+        low, high = bootstrap_ci([r["correct"] for r in items])
+        answered = [r["pred"] for r in items if r["pred"]]
+        pred_share = _letter_shares(answered, max(len(answered), 1))
+        gold_share = _letter_shares([r["answer"] for r in items if r.get("answer")], n)
         out[variant] = {
             "accuracy": round(sum(r["correct"] for r in items) / n, 4),
+            "accuracy_ci_low": low,
+            "accuracy_ci_high": high,
             "format_rate": round(sum(r["format_ok"] for r in items) / n, 4),
-            "answered_rate": round(sum(r["pred"] is not None for r in items) / n, 4),
+            "answered_rate": round(len(answered) / n, 4),
             "mean_completion_tokens": round(sum(r["n_tokens"] for r in items) / n, 1),
+            "mean_reasoning_words": round(sum(r.get("reasoning_words", 0) for r in items) / n, 1),
             "n": n,
+            # total variation distance between predicted and gold letter shares: 0 = no position bias
+            "letter_bias": round(sum(abs(pred_share.get(k, 0) - gold_share.get(k, 0)) for k in LETTERS) / 2, 4)
+            if answered else None,
+            "pred_letters": pred_share,
+            "gold_letters": gold_share,
+            "by_source": _accuracy_by(items, "source"),
+            "by_kind": _accuracy_by(items, "kind"),
         }
+        if "correct_norm" in items[0]:  # log-likelihood scoring: lm-eval's acc_norm too
+            out[variant]["accuracy_norm"] = round(sum(r["correct_norm"] for r in items) / n, 4)
     return out
 
 
@@ -49,6 +92,9 @@ def compare(base_rows: list[dict], tuned_rows: list[dict]) -> dict:
             **{f"{k}_delta": round(tuned[variant][k] - base[variant][k], 4) for k in METRIC_KEYS if k != "n"},
             "base_accuracy": base[variant]["accuracy"],
             "finetuned_accuracy": tuned[variant]["accuracy"],
+            # a paired bootstrap interval of the accuracy change (same questions resampled for both)
+            **dict(zip(("accuracy_delta_ci_low", "accuracy_delta_ci_high"),
+                       bootstrap_ci([t - b for b, t in pairs]) if pairs else (0.0, 0.0))),
             "n_paired": len(pairs),
             **mcnemar_exact([b for b, _ in pairs], [t for _, t in pairs]),
         }
@@ -62,14 +108,17 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def format_metrics(by_model: dict) -> str:
     """{"base": summarize(...), ...} as one markdown table, a row per model and variant."""
-    header = ["model", "variant", *METRIC_KEYS]
-    rows = [[model, variant, *(m[k] for k in METRIC_KEYS)]
+    header = ["model", "variant", "accuracy (95% CI)", *METRIC_KEYS[1:], "letter bias"]
+    rows = [[model, variant, f"{m['accuracy']:.3f} [{m['accuracy_ci_low']:.3f}, {m['accuracy_ci_high']:.3f}]",
+             *(m[k] for k in METRIC_KEYS[1:]), m["letter_bias"]]
             for model, variants in by_model.items() for variant, m in variants.items()]
     return markdown_table(header, rows)
 
 
 def format_comparison(comparison: dict) -> str:
-    header = ["variant", "base acc", "fine-tuned acc", "change", "fixed", "broken", "McNemar p", "format change"]
-    rows = [[v, c["base_accuracy"], c["finetuned_accuracy"], f"{c['accuracy_delta']:+.4f}", c["fixed"], c["broken"],
-             c["p_value"], f"{c['format_rate_delta']:+.4f}"] for v, c in comparison.items()]
+    header = ["variant", "base acc", "fine-tuned acc", "change (95% CI)", "fixed", "broken", "McNemar p",
+              "format change"]
+    rows = [[v, c["base_accuracy"], c["finetuned_accuracy"],
+             f"{c['accuracy_delta']:+.4f} [{c['accuracy_delta_ci_low']:+.3f}, {c['accuracy_delta_ci_high']:+.3f}]",
+             c["fixed"], c["broken"], c["p_value"], f"{c['format_rate_delta']:+.4f}"] for v, c in comparison.items()]
     return markdown_table(header, rows)

@@ -64,6 +64,7 @@ class PrepareParams(Section):
 class EvalParams(Section):
     """Shared by baseline and evaluate, so both models answer under identical settings."""
 
+    mode: Literal["generate", "loglik", "both"] = "both"  # loglik: option log-likelihood, no generation
     variants: list[str] = ["direct", "cot"]
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(512, gt=0)

@@ -13,4 +13,5 @@ BASELINE_METRICS, FINETUNED_METRICS = METRICS / "baseline.json", METRICS / "fine
 COMPARISON, TRAIN_METRICS = METRICS / "comparison.json", METRICS / "train.json"
 PLOTS = Path("plots")
 ACCURACY_TABLE, ACCURACY_PNG, TRAINING_PNG = PLOTS / "accuracy.csv", PLOTS / "accuracy.png", PLOTS / "training.png"
+SOURCE_TABLE, SOURCE_PNG, REWARDS_PNG = PLOTS / "accuracy_by_source.csv", PLOTS / "accuracy_by_source.png", PLOTS / "rewards.png"
 REPORT = Path("reports/report.md")

@@ -24,18 +24,33 @@ MODELS = (("baseline", "base"), ("finetuned", "fine-tuned"))
 
 
 def accuracy_rows(base: dict, tuned: dict) -> list[dict]:
-    """Long format, a row per variant x model: one bar each in `dvc plots` (bar_horizontal)."""
+    """Long format, a row per variant x model (one bar each in `dvc plots`), with the 95% interval."""
     rows = []
     for variant in (v for v in base if v in tuned):
         for key, label in MODELS:
-            accuracy = (base if key == "baseline" else tuned)[variant]["accuracy"]
-            rows.append({"variant": variant, "model": key, "label": f"{variant} / {label}", "accuracy": accuracy})
+            m = (base if key == "baseline" else tuned)[variant]
+            rows.append({"variant": variant, "model": key, "label": f"{variant} / {label}", "accuracy": m["accuracy"],
+                         "ci_low": m["accuracy_ci_low"], "ci_high": m["accuracy_ci_high"]})
     return rows
 
 
-def write_accuracy_csv(path, rows: list[dict]) -> None:
-    header = "variant,model,label,accuracy\n"
-    write_text(path, header + "".join(f"{r['variant']},{r['model']},{r['label']},{r['accuracy']}\n" for r in rows))
+def source_rows(base: dict, tuned: dict) -> list[dict]:
+    """A row per variant x source x model: accuracy broken down by data source (e.g. RACE middle/high)."""
+    rows = []
+    for variant in (v for v in base if v in tuned):
+        for source in base[variant]["by_source"]:
+            for key, label in MODELS:
+                group = (base if key == "baseline" else tuned)[variant]["by_source"].get(source, {})
+                rows.append({"variant": variant, "source": source, "model": key,
+                             "label": f"{variant} / {source} / {label}", "accuracy": group.get("accuracy", 0.0),
+                             "n": group.get("n", 0)})
+    return rows
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    """Rows as CSV (for `dvc plots`); values never contain commas here."""
+    header = list(rows[0]) if rows else []
+    write_text(path, ",".join(header) + "\n" + "".join(",".join(str(r[k]) for k in header) + "\n" for r in rows))
 
 
 def _save(fig, path) -> None:
@@ -44,21 +59,58 @@ def _save(fig, path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy(path, rows: list[dict]) -> None:
-    """Grouped bars: a group per prompt variant, base and fine-tuned side by side."""
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    value = {(r["variant"], r["model"]): r["accuracy"] for r in rows}
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+def _grouped_bars(ax, groups: list[str], value, err=None) -> None:
+    """Base and fine-tuned side by side for each group; value(group, model) -> float."""
     width = 0.38
     for k, (key, label) in enumerate(MODELS):
-        xs = [i + (k - 0.5) * width for i in range(len(variants))]
-        bars = ax.bar(xs, [value[(v, key)] for v in variants], width, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(range(len(variants)), variants)
+        xs = [i + (k - 0.5) * width for i in range(len(groups))]
+        heights = [value(g, key) for g in groups]
+        yerr = None
+        if err:
+            lows, highs = zip(*(err(g, key) for g in groups))
+            yerr = [[max(h - lo, 0) for h, lo in zip(heights, lows)], [max(hi - h, 0) for h, hi in zip(heights, highs)]]
+        bars = ax.bar(xs, heights, width, label=label, yerr=yerr, capsize=3)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
-    ax.set_title("Accuracy per prompt variant")
+
+
+def plot_accuracy(path, rows: list[dict]) -> None:
+    """Grouped bars per prompt variant, base vs fine-tuned, with bootstrap 95% intervals."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    by = {(r["variant"], r["model"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(variants), 3.2))
+    _grouped_bars(ax, variants, lambda v, m: by[(v, m)]["accuracy"],
+                  lambda v, m: (by[(v, m)]["ci_low"], by[(v, m)]["ci_high"]))
+    ax.set_title("Accuracy per prompt variant (95% CI)")
     ax.legend(loc="upper left", fontsize=8)
+    _save(fig, path)
+
+
+def plot_by_source(path, rows: list[dict]) -> None:
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    by = {(r["variant"], r["source"], r["model"]): r["accuracy"] for r in rows}
+    fig, axes = plt.subplots(1, max(len(variants), 1), figsize=(3.4 * max(len(variants), 1), 3), squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        sources = list(dict.fromkeys(r["source"] for r in rows if r["variant"] == variant))
+        _grouped_bars(ax, sources, lambda s, m, v=variant: by[(v, s, m)])
+        ax.set_title(f"{variant}: accuracy by source", fontsize=9)
+    axes[0][0].legend(loc="upper left", fontsize=7)
+    _save(fig, path)
+
+
+def plot_reward_distribution(path, base_rows: list[dict], tuned_rows: list[dict], variant: str) -> None:
+    """Histogram of mc_reward per completion, base vs fine-tuned, for the trained prompt variant."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    values = [[r["reward"] for r in rows if r["variant"] == variant and r["reward"] is not None]
+              for rows in (base_rows, tuned_rows)]
+    top = max([max(v) for v in values if v] + [1.0])
+    ax.hist(values, bins=12, range=(0, top), label=[label for _, label in MODELS])
+    ax.set_xlabel(f"reward per completion ({variant} prompt)")
+    ax.set_ylabel("completions")
+    ax.set_title("Reward distribution on the eval set")
+    ax.legend(fontsize=8)
     _save(fig, path)
 
 
@@ -70,16 +122,21 @@ def read_curve(tsv: Path) -> tuple[list[int], list[float]]:
 
 
 def plot_training(path, live_dir) -> list[str]:
-    """One panel per available curve; returns the names plotted (KL is absent when beta = 0)."""
+    """One panel per available curve (reward with its ±std band); returns the names plotted."""
     metrics_dir = Path(live_dir) / "plots" / "metrics"
     curves = {title: read_curve(metrics_dir / name) for name, title in TRAINING_CURVES.items()
               if (metrics_dir / name).exists()}
+    std = curves.pop(TRAINING_CURVES["reward_std.tsv"], None)
     fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(3.2 * max(len(curves), 1), 2.8), squeeze=False)
     for ax, (title, (steps, values)) in zip(axes[0], curves.items()):
         ax.plot(steps, values, marker="." if len(steps) < 30 else None)
+        if title == TRAINING_CURVES["reward.tsv"] and std and len(std[1]) == len(values):
+            ax.fill_between(steps, [v - s for v, s in zip(values, std[1])], [v + s for v, s in zip(values, std[1])],
+                            alpha=0.25, label="± std within groups")
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
     if not curves:
         axes[0][0].text(0.5, 0.5, "no training curves logged", ha="center")
     _save(fig, path)
-    return list(curves)
+    return list(curves) + (["reward std"] if std else [])

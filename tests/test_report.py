@@ -1,0 +1,61 @@
+from mcgrpo.metrics import compare, summarize
+from mcgrpo.params import Params
+from mcgrpo.report import build_report, insights, select_examples
+
+
+def rec(i, context_len):
+    return {"id": f"q{i}", "context": "x" * context_len, "question": f"Question {i}?", "options": ["a", "b", "c", "d"],
+            "answer": "A", "source": "s"}
+
+
+def pred(i, variant, correct, completion="..."):
+    return {"id": f"q{i}", "variant": variant, "correct": correct, "pred": "A" if correct else "B", "format_ok": True,
+            "n_tokens": 5, "answer": "A", "source": "s", "kind": "wh", "completion": completion, "reward": 1.0}
+
+
+# q0..q3 fixed, q4..q5 broken, q6..q8 both wrong, q9 both right; context length decides the order
+RECORDS = [rec(i, 100 - i) for i in range(10)]
+BASE = [pred(i, "cot", i in (4, 5, 9), f"base says {i}") for i in range(10)]
+TUNED = [pred(i, "cot", i in (0, 1, 2, 3, 9), f"tuned says {i}") for i in range(10)]
+
+
+def test_select_examples_by_rule():
+    chosen = select_examples(RECORDS, BASE, TUNED, "cot", n=3)
+    ids = {kind: [r["id"] for r, _, _ in items] for kind, items in chosen.items()}
+    # shortest passage first: q3 (97 chars) before q2 (98) ...
+    assert ids == {"improved": ["q3", "q2", "q1"], "regressed": ["q5", "q4"], "both_wrong": ["q8", "q7", "q6"]}
+    record, base, tuned = chosen["improved"][0]
+    assert not base["correct"] and tuned["correct"] and record["id"] == base["id"] == tuned["id"]
+    assert select_examples(RECORDS, BASE, TUNED, "direct", n=3) == {"improved": [], "regressed": [],
+                                                                    "both_wrong": []}
+
+
+def test_report_has_every_section_with_numbers_from_metrics():
+    base_m, tuned_m, comparison = summarize(BASE), summarize(TUNED), compare(BASE, TUNED)
+    stats = {role: {"n": 10, "dropped_too_long": 1, "by_source": {"s": 10}, "context_tokens": {"p50": 1, "p90": 2,
+             "max": 3}, "answer_letters": {"A": 1.0}, "question_kinds": {"wh": 10}} for role in ("train", "eval")}
+    stats["max_prompt_tokens"] = 1024
+    train = {"backend": "transformers", "steps": 7, "reward_first": 0.1, "reward_last10": 0.6, "train_runtime_s": 3}
+    report = build_report(params=Params(), stats=stats, base_metrics=base_m, tuned_metrics=tuned_m,
+                          comparison=comparison, train_metrics=train, records=RECORDS, base_rows=BASE,
+                          tuned_rows=TUNED, lock_hashes={"models/adapter": "abc123.dir"},
+                          plot_paths={"accuracy per variant": "../plots/accuracy.png"})
+    for heading in ["# GRPO fine-tuning of", "## Dataset", "## Prompts", "## Reward", "## Training configuration",
+                    "## Results", "### By source", "### By question kind", "### Answer letters", "## Insights",
+                    "## Examples", "## Limitations", "## Ideas"]:
+        assert heading in report, heading
+    c = comparison["cot"]
+    assert f"| cot | {c['base_accuracy']} | {c['finetuned_accuracy']} |" in report  # 0.3 -> 0.5
+    assert f"McNemar p = {c['p_value']:.3g}" in report
+    assert "abc123.dir" in report and "![accuracy per variant](../plots/accuracy.png)" in report
+    assert "tuned says 3" in report and "base says 5" in report  # example completions are quoted
+    assert "https://huggingface.co/unsloth/gemma-3-1b-it" in report
+
+
+def test_insights_state_significance():
+    base = [pred(i, "cot", False) for i in range(30)]
+    tuned = [pred(i, "cot", True) for i in range(30)]
+    lines = insights(compare(base, tuned), summarize(base), summarize(tuned), {})
+    assert "rose from 0.000 to 1.000" in lines[0] and "a real difference at the 5% level" in lines[0]
+    flat = insights(compare(base, base), summarize(base), summarize(base), {})
+    assert "not distinguishable from chance" in flat[0]
