@@ -1,7 +1,7 @@
 """baseline: the base model answers the eval set under every prompt variant."""
 
 from mcgrpo import paths
-from mcgrpo.errors import run_stage
+from mcgrpo.errors import EVAL_OOM, run_stage
 from mcgrpo.evaluation import answer_eval_set
 from mcgrpo.fileio import read_jsonl, write_json, write_jsonl
 from mcgrpo.metrics import format_metrics, summarize
@@ -21,4 +21,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, oom_hint=EVAL_OOM)

@@ -1,7 +1,7 @@
 """evaluate: base model + LoRA adapter on the same eval set and settings as baseline; compare."""
 
 from mcgrpo import paths
-from mcgrpo.errors import run_stage
+from mcgrpo.errors import EVAL_OOM, run_stage
 from mcgrpo.evaluation import answer_eval_set
 from mcgrpo.fileio import read_jsonl, write_json, write_jsonl
 from mcgrpo.metrics import compare, format_comparison, summarize
@@ -22,4 +22,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, oom_hint=EVAL_OOM)

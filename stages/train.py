@@ -1,7 +1,7 @@
 """train: GRPO with LoRA on the train set; resumes from the last checkpoint of the same run."""
 
 from mcgrpo import paths
-from mcgrpo.errors import run_stage
+from mcgrpo.errors import TRAIN_OOM, run_stage
 from mcgrpo.fileio import read_jsonl, write_json
 from mcgrpo.modeling import load_model, pick_backend, torch_dtype
 from mcgrpo.params import load_params
@@ -27,4 +27,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, oom_hint=TRAIN_OOM)

@@ -196,6 +196,9 @@ def test_sampling_is_deterministic_disjoint_and_counts_drops():
 def test_sampling_everything_filtered_is_an_error():
     with pytest.raises(UserError, match="eval split is empty"):
         sample_splits({"train": [{"id": "1"}], "eval": [{"id": "2"}]}, None, None, 0, keep=lambda r: False)
+    with pytest.raises(UserError, match=r"prepare.n_eval=2, but only 1 eval questions are available .1 dropped"):
+        sample_splits({"train": [{"id": "1"}], "eval": [{"id": "2"}, {"id": "3", "x": 1}]}, None, 2, 0,
+                      keep=lambda r: "x" not in r)
 
 
 @pytest.mark.parametrize("q, kind", [("The writer thinks _ .", "fill-in"), ("What did Tom do?", "wh"),

@@ -40,6 +40,7 @@ from mcgrpo.rewards import (
     # the last declaration wins
     ("Answer: B\nWait, let me check again.\nFinal answer: D", "D"),
     ("<answer>A</answer> ... on reflection <answer>C</answer>", "C"),
+    ("Answer: A l Answer: B", "B"),  # found by fuzzing: two declarations on one line
     # an unreadable later mention does not erase a clear declaration
     ("Answer: C. The answer is in paragraph 2.", "C"),
 ])

@@ -50,6 +50,16 @@ def test_grpo_trains_saves_adapter_and_resumes(tiny_model_params, tmp_path):
     assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
     assert steps_logged(tmp_path / "live") == [1, 2, 3, 4]  # no duplicated steps in the curves
 
+    # Rerunning a finished run (dvc repro --force) exports the last checkpoint: no step past max_steps,
+    # and the same adapter bytes.
+    def adapter_files():
+        return {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()}
+
+    before = adapter_files()
+    summary = run(tiny_model_params, tmp_path, tp, records)
+    assert summary["steps"] == 4 and summary["resumed_from_step"] == 4
+    assert adapter_files() == before
+
     # The adapter loads back onto the base model for evaluation.
     model, _, _ = load_model(tiny_model_params, adapter_dir=tmp_path / "adapter")
     assert not hasattr(model, "peft_config")  # merged for fast inference

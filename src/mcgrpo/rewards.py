@@ -19,11 +19,14 @@ _DECLARATIONS = [
     re.compile(
         r"\b(?:final\s+|correct\s+|right\s+|best\s+)?(?:answer|choice|option)"
         r"(?:\s+(?:is|would\s+be|should\s+be|must\s+be|will\s+be))?\s*"
-        r"(?:\*\*|__)?\s*(?::|=|is\b)\s*(?P<body>[^\n]*)",
+        r"(?:\*\*|__)?\s*(?::|=|is\b)\s*(?=(?P<body>[^\n]*))",
         re.I,
     ),
-    re.compile(r"\b(?:answer|choice|option)\s+(?:is|would\s+be|should\s+be|must\s+be)\s+(?P<body>[^\n]*)", re.I),
+    re.compile(r"\b(?:answer|choice|option)\s+(?:is|would\s+be|should\s+be|must\s+be)\s+(?=(?P<body>[^\n]*))",
+               re.I),
 ]
+# (Line-long bodies are captured in a lookahead, so the scan goes on to find later declarations on the
+# same line: "Answer: A ... Answer: C" must read C.)
 # A letter at the start of a declaration body, after optional markup: "**C**", "(c)", "[B]", "C) text", "C."
 _LEAD = re.compile(r"^[\s*_`'\"]*(?:option\s+|choice\s+|letter\s+)?(?P<open>[(\[{]?)\s*(?P<letter>[A-Ja-j])\b(?P<after>.*)", re.I | re.S)
 # "A or B", "A, C", "A and B", "A/B" right after the first letter: an ambiguous declaration.

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -59,10 +60,37 @@ def run_fingerprint(tp, model_params, train_file) -> dict:
     return {"train": tp.model_dump(), "model": model_params.model_dump(), "train_data_sha256": data_hash}
 
 
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint can't be resumed (None if it looks whole): a run killed while saving leaves
+    missing or truncated files, which would otherwise crash the resumed run."""
+    state = checkpoint / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, json.JSONDecodeError):
+        return "trainer_state.json missing or unreadable"
+    from safetensors import safe_open
+
+    for weights in checkpoint.glob("*.safetensors"):
+        try:
+            with safe_open(str(weights), "pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)  # touches each tensor's bounds against the file size
+        except Exception as err:  # safetensors raises its own error types
+            return f"{weights.name} unreadable ({err})"
+    for pickled in checkpoint.glob("*.pt"):
+        if not zipfile.is_zipfile(pickled):  # torch.save writes a zip; a truncated one has no directory
+            return f"{pickled.name} truncated"
+    return None
+
+
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint-N folder whose trainer_state.json (saved last) exists."""
-    done = [d for d in output_dir.glob("checkpoint-*") if (d / "trainer_state.json").exists()]
-    return max(done, key=lambda d: int(d.name.split("-")[-1]), default=None)
+    """The newest checkpoint-N folder that is whole; damaged ones are reported and skipped."""
+    for checkpoint in sorted(output_dir.glob("checkpoint-*"), key=lambda d: int(d.name.split("-")[-1]), reverse=True):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        print(f"warning: skipping damaged checkpoint {checkpoint} ({problem})")
+    return None
 
 
 def prepare_checkpoints(output_dir: Path, fingerprint: dict) -> Path | None:
@@ -111,6 +139,15 @@ def make_live_callback(live_dir: Path, resume_step: int | None):
     return StepAlignedDVCLive(live=live)
 
 
+def _sort_target_modules(config_file: Path) -> None:
+    """peft writes target_modules from a set, in per-process hash order: sort it so the same training
+    gives a byte-identical adapter (and DVC sees no change)."""
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
                live_dir: Path, fingerprint: dict, bf16: bool) -> dict:
     """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics."""
@@ -120,7 +157,20 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
 
     install_if_needed()
     resume = prepare_checkpoints(checkpoints, fingerprint)
-    resume_step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"]) if resume else None
+    state = json.loads((resume / "trainer_state.json").read_text()) if resume else None
+    resume_step = int(state["global_step"]) if state else None
+    if resume_step is not None and resume_step >= tp.max_steps:
+        # The run already finished (e.g. `dvc repro --force`): export its last checkpoint. Resuming the
+        # trainer here would train one step past max_steps.
+        print(f"{resume} already reached max_steps={tp.max_steps}; exporting it")
+        with atomic_path(adapter_out) as tmp:
+            tmp.mkdir()
+            for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):  # what save_pretrained writes
+                if (resume / name).exists():
+                    shutil.copy2(resume / name, tmp / name)
+            tokenizer.save_pretrained(tmp)
+            _sort_target_modules(tmp / "adapter_config.json")
+        return _summary(state["log_history"], resume_step, resume_step, 0.0)
     if resume:
         print(f"resuming from {resume} (step {resume_step})")
     trainer = GRPOTrainer(
@@ -132,12 +182,18 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     with atomic_path(adapter_out) as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    history = [h for h in trainer.state.log_history if "reward" in h]
+        _sort_target_modules(tmp / "adapter_config.json")
+    return _summary(trainer.state.log_history, trainer.state.global_step, resume_step or 0,
+                    result.metrics.get("train_runtime", 0.0))
+
+
+def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtime_s: float) -> dict:
+    history = [h for h in log_history if "reward" in h]
     tail = history[-10:]
     return {
-        "steps": trainer.state.global_step,
-        "resumed_from_step": resume_step or 0,
-        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+        "steps": steps,
+        "resumed_from_step": resumed_from_step,
+        "train_runtime_s": round(runtime_s, 1),
         "reward_first": round(history[0]["reward"], 4) if history else None,
         "reward_last10": round(sum(h["reward"] for h in tail) / len(tail), 4) if tail else None,
         "completion_length_last10": round(sum(h.get("completions/mean_length", 0) for h in tail) / len(tail), 1)

@@ -223,6 +223,8 @@ def load_splits(p) -> dict[str, list[dict]]:
     """Records per role: {"train", "eval"} or {POOL} for a single file. Ids are checked unique."""
     splits = LOADERS[p.source](p)
     for role, records in splits.items():
+        if not records:
+            raise UserError(f"{p.path} ({role}): no questions found; is the file empty, or the split name wrong?")
         check_unique_ids(records, f"{p.path} ({role})")
     return splits
 
@@ -249,8 +251,12 @@ def sample_splits(splits, n_train, n_eval, seed, keep=lambda record: True):
                 out[role].append(record)
             else:
                 dropped[role] += 1
-    for role in out:
+    for role, want in (("eval", n_eval), ("train", n_train)):
         if not out[role]:
             raise UserError(f"the {role} split is empty after filtering ({dropped[role]} dropped as too long); "
                             "raise prepare.max_prompt_tokens or check the data")
+        if want is not None and len(out[role]) < want:
+            raise UserError(f"prepare.n_{role}={want}, but only {len(out[role])} {role} questions are available "
+                            f"({dropped[role]} dropped as longer than prepare.max_prompt_tokens); lower "
+                            f"prepare.n_{role}, or set it to null to take them all")
     return out, dropped
