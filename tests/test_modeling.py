@@ -118,3 +118,15 @@ def test_eval_modes(tiny_model_params, records):
     assert variants("loglik") == ["loglik"]
     assert variants("generate") == ["cot", "direct"]
     assert variants("both") == ["cot", "direct", "loglik"]
+
+
+def test_warm_start_teaches_the_answer_format(tmp_path, records):
+    # The demo depends on this: without it every GRPO reward is 0. 120 steps keep the test short.
+    from mcgrpo.modeling import build_tiny_model
+
+    params = ModelParams(name=str(build_tiny_model(tmp_path / "warm", warm_start_steps=120)), backend="transformers")
+    model, tok, _ = load_model(params)
+    from mcgrpo.rewards import score_completion
+
+    outs = generate(model, tok, [render_prompt(tok, r, "cot") for r in records], max_new_tokens=24)
+    assert sum(score_completion(o["text"], r["answer"])["format_ok"] for o, r in zip(outs, records)) >= 5

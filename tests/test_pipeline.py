@@ -132,7 +132,7 @@ def test_bad_params_fail_with_a_clear_message(repo):
 
 def test_killed_training_resumes_on_the_next_repro(tmp_path):
     overrides = {"train": {"max_steps": 40, "save_steps": 4, "max_completion_length": 16}}
-    repo = setup_demo(ROOT, tmp_path / "demo", overrides=overrides)
+    repo = setup_demo(ROOT, tmp_path / "demo", overrides=overrides, warm_start_steps=0)  # speed: no warm start
     env = {**os.environ, "PYTHONPATH": str(repo / "src")}
     proc = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

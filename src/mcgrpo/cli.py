@@ -35,8 +35,9 @@ def cmd_score(args) -> None:
 def cmd_tiny_model(args) -> None:
     from mcgrpo.modeling import build_tiny_model
 
-    out = build_tiny_model(args.dir, preset=args.preset, seed=args.seed)
-    print(f"wrote a random-init Gemma3ForCausalLM ({args.preset}) and its tokenizer to {out}")
+    out = build_tiny_model(args.dir, preset=args.preset, seed=args.seed, warm_start_steps=args.warm_start_steps)
+    how = f"warm-started for {args.warm_start_steps} steps" if args.warm_start_steps else "random-init"
+    print(f"wrote a {how} Gemma3ForCausalLM ({args.preset}) and its tokenizer to {out}")
 
 
 def cmd_demo(args) -> None:
@@ -57,6 +58,8 @@ def main(argv=None) -> None:
     p.add_argument("dir")
     p.add_argument("--preset", default="tiny", choices=["tiny", "gemma-3-1b"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warm-start-steps", type=int, default=0,
+                   help="supervised steps on synthetic questions so the model answers in format (tiny preset)")
     p.set_defaults(func=cmd_tiny_model)
     p = sub.add_parser("demo", help="run the whole pipeline offline on a tiny model in a scratch repo")
     p.add_argument("--dir", default="build/demo")

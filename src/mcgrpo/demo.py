@@ -25,9 +25,9 @@ DEMO_OVERRIDES = {
                 "max_prompt_tokens": 400,
                 "fields": {"id": "id", "context": "context", "question": "question", "options": "options",
                            "answer": "answer", "answer_format": "letter", "source": None}},
-    "eval": {"batch_size": 24, "max_new_tokens": 16},
+    "eval": {"batch_size": 24, "max_new_tokens": 24},
     "train": {"max_steps": 6, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-              "num_generations": 4, "max_completion_length": 16, "learning_rate": 1e-4, "warmup_steps": 0,
+              "num_generations": 4, "max_completion_length": 24, "learning_rate": 1e-4, "warmup_steps": 0,
               "save_steps": 3, "gradient_checkpointing": False},
 }
 MODEL_METRICS = ["metrics/baseline.json", "metrics/finetuned.json"]
@@ -50,7 +50,10 @@ def run(cmd: list[str], cwd, check=True, capture=False) -> subprocess.CompletedP
     return subprocess.run(cmd, cwd=cwd, env=env, check=check, text=True, capture_output=capture)
 
 
-def setup_demo(project: Path, dest: Path, overrides: dict | None = None) -> Path:
+WARM_START_STEPS = 200  # so the tiny model answers in format and GRPO sees reward differences
+
+
+def setup_demo(project: Path, dest: Path, overrides: dict | None = None, warm_start_steps: int = WARM_START_STEPS) -> Path:
     """A fresh git+dvc repo at dest with the project's pipeline, demo params, tiny model and data."""
     project, dest = Path(project).resolve(), Path(dest).resolve()
     if dest.exists():
@@ -68,7 +71,7 @@ def setup_demo(project: Path, dest: Path, overrides: dict | None = None) -> Path
         params = deep_merge(params, overrides)
     write_text(dest / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     write_jsonl(dest / DEMO_DATA, make_synthetic_mc(120, seed=0))
-    build_tiny_model(dest / TINY_MODEL)
+    build_tiny_model(dest / TINY_MODEL, warm_start_steps=warm_start_steps)
     write_text(dest / ".gitignore", "/models/tiny-gemma/\n")
     run(["git", "init", "-q"], dest)
     run(["dvc", "init", "-q"], dest)

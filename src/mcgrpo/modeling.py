@@ -194,8 +194,51 @@ def build_model(preset: str = "tiny", vocab_size: int | None = None, seed: int =
     return Gemma3ForCausalLM(config).to(dtype)
 
 
-def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 0) -> Path:
-    """Write a random-init Gemma3ForCausalLM and its locally trained tokenizer to out_dir."""
+def warm_start(model, tokenizer, steps: int, seed: int = 0, batch_size: int = 16) -> float:
+    """A short supervised warm start on synthetic questions, so a random-init model answers in format.
+
+    A random model never writes <answer>X</answer>, so every GRPO reward is 0 and nothing is learnt.
+    After this (about 40 s for 200 steps on 2 CPU cores) the tiny model answers in format, with
+    accuracy near chance: GRPO then has reward differences to work with. Returns the last loss.
+    """
+    import random
+
+    from mcgrpo.data.synthetic import make_synthetic_mc
+    from mcgrpo.prompts import render_prompt
+
+    rng = random.Random(seed)
+    examples = []
+    for item in make_synthetic_mc(600, seed=seed + 1000):  # other seeds than the demo data
+        variant = rng.choice(["cot", "direct"])
+        truth = item["options"]["ABCDEFGHIJ".index(item["answer"])]
+        answer = (f"<reasoning>The passage says {truth}.</reasoning><answer>{item['answer']}</answer>"
+                  if variant == "cot" else item["answer"])
+        examples.append((tokenizer(render_prompt(tokenizer, item, variant), add_special_tokens=False)["input_ids"],
+                         tokenizer(answer + END_OF_TURN, add_special_tokens=False)["input_ids"]))
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        batch = rng.sample(examples, batch_size)
+        width = max(len(p) + len(c) for p, c in batch)
+        ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, width), -100)  # loss on the answer only
+        mask = torch.zeros(batch_size, width, dtype=torch.long)
+        for i, (p, c) in enumerate(batch):
+            ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+            labels[i, len(p):len(p) + len(c)] = torch.tensor(c)
+            mask[i, :len(p) + len(c)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return float(loss)
+
+
+def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 0, warm_start_steps: int = 0) -> Path:
+    """Write a Gemma3ForCausalLM (random init, optionally warm-started) and its local tokenizer to out_dir."""
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(tokenizer_corpus(seed))
     # The 1B preset keeps Gemma's 262,144-token vocabulary (the real compute and memory); ids the small
@@ -203,6 +246,8 @@ def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 0) -> Path:
     vocab = None if preset == "gemma-3-1b" else len(tokenizer)
     dtype = torch.bfloat16 if preset == "gemma-3-1b" else torch.float32
     model = build_model(preset, vocab_size=vocab, seed=seed, dtype=dtype)
+    if warm_start_steps:
+        warm_start(model, tokenizer, warm_start_steps, seed)
     eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, eot]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
