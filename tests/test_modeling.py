@@ -130,3 +130,14 @@ def test_warm_start_teaches_the_answer_format(tmp_path, records):
 
     outs = generate(model, tok, [render_prompt(tok, r, "cot") for r in records], max_new_tokens=24)
     assert sum(score_completion(o["text"], r["answer"])["format_ok"] for o, r in zip(outs, records)) >= 5
+
+
+def test_tiny_model_command(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mcgrpo.cli", "tiny-model", str(tmp_path / "m")], text=True,
+                         capture_output=True, check=True).stdout
+    assert "random-init Gemma3ForCausalLM" in out
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text" and (tmp_path / "m" / "tokenizer.json").exists()
