@@ -14,10 +14,7 @@ def cmd_score(args) -> None:
     from mcgrpo.rewards import LETTERS, score_completion
 
     name = args.file or "<stdin>"
-    lines = open(args.file, "rb") if args.file else sys.stdin.buffer
-    if args.file and not Path(args.file).exists():
-        raise UserError(f"{args.file}: file not found")
-    for number, row in iter_jsonl(lines, name):
+    for number, row in iter_jsonl(args.file or sys.stdin.buffer, name):  # a path is checked and closed there
         where = f"{name}:{number}"
         for key in ("completion", "answer"):
             if key not in row:

@@ -39,7 +39,7 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "mcgrpo demo", "GIT_AUTHOR_EMAIL": "demo@localhost
 def deep_merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for key, value in overrides.items():
-        out[key] = deep_merge(base.get(key) or {}, value) if isinstance(value, dict) and key != "fields" else value
+        out[key] = deep_merge(base.get(key) or {}, value) if isinstance(value, dict) else value
     return out
 
 

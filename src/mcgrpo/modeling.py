@@ -45,11 +45,9 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def _load_error(what: str, name: str, err: Exception) -> UserError:
-    local = Path(name).expanduser()
-    if name.startswith((".", "/", "~")) or local.parent.exists() and not local.exists() and "/" not in name:
-        if not local.exists():
-            return UserError(f"{what}={name!r}: no such folder; build one with `mcgrpo tiny-model {name}` "
-                             "or give a Hugging Face id")
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():  # a path, not a hub id
+        return UserError(f"{what}={name!r}: no such folder; build one with `mcgrpo tiny-model {name}` "
+                         "or give a Hugging Face id")
     return UserError(f"{what}={name!r}: could not load ({type(err).__name__}: {err}). Check the id or path; "
                      "offline, set HF_HUB_OFFLINE=1 and use a model already in the Hugging Face cache")
 

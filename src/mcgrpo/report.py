@@ -94,7 +94,7 @@ def _stats_section(stats: dict) -> str:
 def build_report(*, params, stats, base_metrics, tuned_metrics, comparison, train_metrics, records, base_rows,
                  tuned_rows, lock_hashes: dict, plot_paths: dict) -> str:
     p, tp = params, params.train
-    weights = {k: v for k, v in tp.reward_weights.items()}
+    weights = tp.reward_weights
     example_prompt = format_question(records[0]) if records else ""
     local = Path(p.model.name).exists() or p.model.name.startswith((".", "/"))
     model_link = f"`{p.model.name}` (local)" if local else f"[{p.model.name}](https://huggingface.co/{p.model.name})"
