@@ -5,8 +5,15 @@ from mcgrpo import paths
 from mcgrpo.errors import run_stage
 from mcgrpo.fileio import read_json, read_jsonl
 from mcgrpo.params import load_params
-from mcgrpo.plots import (accuracy_rows, plot_accuracy, plot_by_source, plot_reward_distribution, plot_training,
-                          source_rows, write_csv)
+from mcgrpo.plots import (
+    accuracy_rows,
+    plot_accuracy,
+    plot_by_source,
+    plot_reward_distribution,
+    plot_training,
+    source_rows,
+    write_csv,
+)
 
 
 def main():

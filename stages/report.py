@@ -27,11 +27,12 @@ def main():
         tuned_metrics=read_json(paths.FINETUNED_METRICS), comparison=read_json(paths.COMPARISON),
         train_metrics=read_json(paths.TRAIN_METRICS), records=read_jsonl(paths.EVAL_SET),
         base_rows=read_jsonl(paths.BASELINE_PREDICTIONS), tuned_rows=read_jsonl(paths.FINETUNED_PREDICTIONS),
-        lock_hashes=lock_hashes(),
+        lock_hashes=lock_hashes(), reward_model_metrics=read_json(paths.REWARD_MODEL_METRICS),
         # relative to reports/, so the images render on GitHub
         plot_paths={name: f"../{path}" for name, path in (
             ("accuracy per variant", paths.ACCURACY_PNG), ("accuracy by source", paths.SOURCE_PNG),
-            ("reward distribution", paths.REWARDS_PNG), ("training curves", paths.TRAINING_PNG))})
+            ("reward distribution", paths.REWARDS_PNG), ("training curves", paths.TRAINING_PNG),
+            ("learned reward calibration", paths.REWARD_CALIBRATION_PNG))})
     write_text(paths.REPORT, report)
     print(f"wrote {paths.REPORT}")
 

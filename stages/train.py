@@ -14,14 +14,14 @@ def main():
     model, tokenizer, peft_config = load_model(p.model, lora=p.train.lora, seed=p.train.seed, backend=backend)
     print(f"backend: {backend}, {len(records)} training prompts, {p.train.max_steps} steps")
 
-    from mcgrpo.training import run_fingerprint, train_grpo
-
     import torch
+
+    from mcgrpo.training import run_fingerprint, train_grpo
 
     summary = train_grpo(
         model, tokenizer, peft_config, records, p.train, checkpoints=paths.CHECKPOINTS, adapter_out=paths.ADAPTER,
-        live_dir=paths.TRAIN_LOGS, fingerprint=run_fingerprint(p.train, p.model, paths.TRAIN_SET),
-        bf16=torch_dtype(p.model.dtype) == torch.bfloat16)
+        live_dir=paths.TRAIN_LOGS, fingerprint=run_fingerprint(p.train, p.model, paths.TRAIN_SET, paths.REWARD_MODEL),
+        bf16=torch_dtype(p.model.dtype) == torch.bfloat16, reward_model_file=paths.REWARD_MODEL)
     write_json(paths.TRAIN_METRICS, {"backend": backend, **summary})
     print(summary)
 

@@ -17,7 +17,7 @@ from mcgrpo.demo import run, setup_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-STAGES = ["prepare", "baseline", "train", "evaluate", "plots", "report"]
+STAGES = ["prepare", "baseline", "reward_model", "train", "evaluate", "plots", "report"]
 
 
 def repro(repo) -> tuple[list[str], str]:
@@ -65,7 +65,9 @@ def test_outputs(repo):
                  "models/adapter/adapter_config.json", "metrics/baseline.json", "metrics/finetuned.json",
                  "metrics/comparison.json", "metrics/train.json", "plots/accuracy.csv", "plots/accuracy.png",
                  "plots/accuracy_by_source.csv", "plots/accuracy_by_source.png", "plots/rewards.png",
-                 "plots/training.png", "reports/report.md", "results/train/plots/metrics/reward.tsv"]:
+                 "plots/training.png", "reports/report.md", "results/train/plots/metrics/reward.tsv",
+                 "models/reward_model.joblib", "data/predictions/reward_model.jsonl", "metrics/reward_model.json",
+                 "plots/reward_calibration.csv", "plots/reward_calibration.png"]:
         assert (repo / path).exists(), path
     base, tuned = (json.loads((repo / f"metrics/{m}.json").read_text()) for m in ("baseline", "finetuned"))
     assert set(base) == set(tuned) == {"direct", "cot", "loglik"}
@@ -77,7 +79,7 @@ def test_outputs(repo):
     assert json.loads((repo / "metrics/train.json").read_text())["steps"] == 6
     report = (repo / "reports/report.md").read_text()
     for heading in ["## Dataset", "## Prompts", "## Reward", "## Training configuration", "## Results",
-                    "## Insights", "## Examples", "## Limitations"]:
+                    "### Learned reward model", "## Insights", "## Examples", "## Limitations"]:
         assert heading in report
     comparison = json.loads((repo / "metrics/comparison.json").read_text())
     assert f"| loglik | {comparison['loglik']['base_accuracy']} |" in report  # numbers come from the metrics
@@ -98,6 +100,19 @@ def test_eval_param_reruns_no_training(repo):
     set_param(repo, "eval", "max_new_tokens", 12)
     ran, _ = repro(repo)
     assert ran == ["baseline", "evaluate", "plots", "report"]
+
+
+def test_hybrid_reward_experiment_reruns_training_only(repo):
+    rm = json.loads((repo / "metrics/reward_model.json").read_text())
+    # The warm-started tiny model gets some answers right and some wrong: a real, if weak, classifier.
+    assert rm["skipped"] is False and 0 <= rm["roc_auc"] <= 1 and rm["n_examples"] == 96
+    set_param(repo, "train", "reward_weights", {"correct": 1.0, "format": 0.2, "learned": 0.3})
+    ran, _ = repro(repo)
+    assert ran[0] == "train" and "reward_model" not in ran and ran[-1] == "report"
+    assert (repo / "results/train/plots/metrics/rewards/learned/mean.tsv").exists()
+    assert "Training used it with weight 0.3" in (repo / "reports/report.md").read_text()
+    set_param(repo, "train", "reward_weights", {"correct": 1.0, "format": 0.2, "learned": 0.0})
+    repro(repo)
 
 
 def test_train_param_does_not_rerun_baseline_and_metrics_diff(repo):
@@ -150,3 +165,6 @@ def test_killed_training_resumes_on_the_next_repro(tmp_path):
     with open(repo / "results/train/plots/metrics/reward.tsv") as f:
         steps = [int(line.split("\t")[0]) for line in f.readlines()[1:]]
     assert steps == list(range(1, 41))  # one curve, no gap and no repeated steps across the kill
+    # The random-init model never answers right: the reward model stage says so instead of crashing.
+    rm = json.loads((repo / "metrics/reward_model.json").read_text())
+    assert rm["skipped"] is True and "labelled completions are wrong" in rm["reason"]

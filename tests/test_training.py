@@ -20,12 +20,13 @@ def tiny_train_params(**kw):
                           "lora": {"r": 4, "alpha": 8}, **kw})
 
 
-def run(tiny_model_params, tmp_path, tp, records):
+def run(tiny_model_params, tmp_path, tp, records, reward_model_file=None):
     model, tok, peft_config = load_model(tiny_model_params, lora=tp.lora, seed=tp.seed)
     write_jsonl(tmp_path / "train.jsonl", records)
     return train_grpo(model, tok, peft_config, records, tp, checkpoints=tmp_path / "ckpt",
                       adapter_out=tmp_path / "adapter", live_dir=tmp_path / "live",
-                      fingerprint=run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl"), bf16=False)
+                      fingerprint=run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl", reward_model_file),
+                      bf16=False, reward_model_file=reward_model_file)
 
 
 def steps_logged(live_dir):
@@ -84,3 +85,24 @@ def test_changed_params_never_resume_a_stale_run(tmp_path):
     assert prepare_checkpoints(ckpt, {"train": {"learning_rate": 1}}).name == "checkpoint-2"
     assert prepare_checkpoints(ckpt, {"train": {"learning_rate": 2}}) is None
     assert not (ckpt / "checkpoint-2").exists()
+
+
+def test_hybrid_training_uses_the_learned_reward(tiny_model_params, tmp_path):
+    from test_reward_model import labelled_rows
+
+    from mcgrpo.params import RewardModelParams
+    from mcgrpo.reward_model import fit_reward_model, save
+
+    artifact, _, _ = fit_reward_model(labelled_rows(), RewardModelParams())
+    save(tmp_path / "rm.joblib", artifact)
+    records = [{**r, "source": "synthetic"} for r in make_synthetic_mc(8, seed=2)]
+    tp = tiny_train_params(max_steps=2, reward_weights={"correct": 1.0, "learned": 0.5})
+    summary = run(tiny_model_params, tmp_path, tp, records, reward_model_file=tmp_path / "rm.joblib")
+    assert summary["steps"] == 2
+    with open(tmp_path / "live" / "plots" / "metrics" / "rewards" / "learned" / "mean.tsv") as f:
+        learned = [float(r["mean"]) for r in csv.DictReader(f, delimiter="\t")]
+    assert len(learned) == 2 and all(0 < x < 1 for x in learned)  # probabilities, logged per step
+    # A different reward model is a different run: never resumed.
+    fingerprint = run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl", tmp_path / "rm.joblib")
+    save(tmp_path / "rm.joblib", fit_reward_model(labelled_rows(seed=5), RewardModelParams())[0])
+    assert run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl", tmp_path / "rm.joblib") != fingerprint

@@ -26,6 +26,8 @@ DEMO_OVERRIDES = {
                 "fields": {"id": "id", "context": "context", "question": "question", "options": "options",
                            "answer": "answer", "answer_format": "letter", "source": None}},
     "eval": {"batch_size": 24, "max_new_tokens": 24},
+    "reward_model": {"n_questions": 24, "samples_per_question": 4, "max_new_tokens": 24, "batch_size": 48,
+                     "min_per_class": 3},
     "train": {"max_steps": 6, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
               "num_generations": 4, "max_completion_length": 24, "learning_rate": 1e-4, "warmup_steps": 0,
               "save_steps": 3, "gradient_checkpointing": False},

@@ -9,6 +9,8 @@ class UserError(Exception):
 
 EVAL_OOM = ("Lower eval.batch_size (then eval.max_new_tokens, or prepare.max_prompt_tokens), e.g. "
             "dvc exp run -S eval.batch_size=8")
+REWARD_MODEL_OOM = ("Lower reward_model.batch_size (then reward_model.max_new_tokens), e.g. "
+                    "dvc exp run -S reward_model.batch_size=8")
 TRAIN_OOM = ("Lower train.per_device_train_batch_size (raising train.gradient_accumulation_steps keeps the batch), "
              "train.num_generations or train.max_completion_length, or set train.gradient_checkpointing: true, "
              "e.g. dvc exp run -S train.per_device_train_batch_size=4 -S train.gradient_accumulation_steps=4")

@@ -4,10 +4,10 @@ import time
 
 import torch
 
+from mcgrpo.data.stats import question_kind
 from mcgrpo.generation import generate
 from mcgrpo.loglik import loglik_rows
 from mcgrpo.prompts import render_prompt
-from mcgrpo.data.stats import question_kind
 from mcgrpo.rewards import reasoning_text, score_completion
 
 

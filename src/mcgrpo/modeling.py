@@ -232,7 +232,7 @@ def warm_start(model, tokenizer, steps: int, seed: int = 0, batch_size: int = 16
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 0, warm_start_steps: int = 0) -> Path:

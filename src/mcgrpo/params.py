@@ -17,6 +17,7 @@ from mcgrpo.prompts import VARIANTS
 from mcgrpo.rewards import REWARDS
 
 PARAMS_FILE = "params.yaml"
+LEARNED_REWARD = "learned"  # the reward_model stage's classifier, the one reward that is not a pure function
 
 
 class Section(BaseModel):
@@ -127,9 +128,9 @@ class TrainParams(Section):
     @field_validator("reward_weights")
     @classmethod
     def known_rewards(cls, weights):
-        unknown = [k for k in weights if k not in REWARDS]
+        unknown = [k for k in weights if k not in REWARDS and k != LEARNED_REWARD]
         if unknown:
-            raise ValueError(f"unknown reward(s) {unknown}; the registry has {list(REWARDS)}")
+            raise ValueError(f"unknown reward(s) {unknown}; choose from {[*REWARDS, LEARNED_REWARD]}")
         if not any(weights.values()):
             raise ValueError("every reward weight is 0: nothing to learn from")
         return weights
@@ -145,6 +146,26 @@ class TrainParams(Section):
         return self
 
 
+class RewardModelParams(Section):
+    """The learned reward: base-model answers to training questions, labelled by the rule reward."""
+
+    n_questions: int = Field(200, gt=0)  # taken from the start of the (already shuffled) train set
+    samples_per_question: int = Field(4, gt=0)  # sampled answers per question: right and wrong ones to learn from
+    variant: str = "cot"
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(512, gt=0)
+    batch_size: int = Field(32, gt=0)
+    classifier: Literal["logistic", "gbdt"] = "logistic"
+    C: float = Field(1.0, gt=0)  # inverse regularisation strength (logistic)
+    max_features: int = Field(5000, gt=0)  # TF-IDF vocabulary size
+    test_size: float = Field(0.25, gt=0, lt=1)  # held-out share of questions, for ROC AUC and calibration
+    min_per_class: int = Field(5, gt=0)  # fewer right (or wrong) completions than this: the stage is skipped
+    seed: int = 0
+
+    _variant = field_validator("variant")(lambda cls, v: TrainParams.known_variant(v))
+
+
 class ReportParams(Section):
     n_examples: int = Field(3, gt=0)  # examples per kind (improved / regressed / both wrong)
     max_example_chars: int = Field(1500, gt=0)
@@ -155,6 +176,7 @@ class Params(Section):
     prepare: PrepareParams = PrepareParams()
     eval: EvalParams = EvalParams()
     train: TrainParams = TrainParams()
+    reward_model: RewardModelParams = RewardModelParams()
     report: ReportParams = ReportParams()
 
 
@@ -177,7 +199,7 @@ def parse_params(raw: dict, name: str = PARAMS_FILE) -> Params:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{name}: expected a mapping of sections (model, prepare, eval, train, report)")
+        raise UserError(f"{name}: expected a mapping of sections ({', '.join(Params.model_fields)})")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

@@ -140,3 +140,22 @@ def plot_training(path, live_dir) -> list[str]:
         axes[0][0].text(0.5, 0.5, "no training curves logged", ha="center")
     _save(fig, path)
     return list(curves) + (["reward std"] if std else [])
+
+
+def plot_calibration(path, bins: list[dict], metrics: dict) -> None:
+    """Reliability diagram of the learned reward on held-out questions (or a note saying why there is none)."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    if bins:
+        ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
+                label=f"reward model (AUC {metrics['roc_auc']:.2f}, ECE {metrics['ece']:.2f})")
+        for b in bins:
+            ax.annotate(str(b["count"]), (b["predicted"], b["observed"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    else:
+        ax.text(0.5, 0.5, "skipped:\n" + metrics.get("reason", "")[:80], ha="center", va="center", wrap=True, fontsize=8)
+    ax.set_xlabel("predicted P(correct)")
+    ax.set_ylabel("observed share correct")
+    ax.set_title("Learned reward: calibration (held out)")
+    ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)

@@ -4,6 +4,7 @@ import datetime
 from pathlib import Path
 
 from mcgrpo.metrics import format_comparison, format_metrics, markdown_table
+from mcgrpo.params import LEARNED_REWARD
 from mcgrpo.prompts import INSTRUCTIONS, format_question
 from mcgrpo.rewards import DEFAULT_WEIGHTS, REWARDS
 
@@ -91,8 +92,28 @@ def _stats_section(stats: dict) -> str:
     return markdown_table(header, rows)
 
 
+def reward_model_section(rm: dict, rp, weight: float) -> list[str]:
+    """How well the learned reward predicts correctness on held-out questions, or why it was skipped."""
+    use = (f"Training used it with weight {weight} (`train.reward_weights.learned`)." if weight else
+           "Training did not use it (`train.reward_weights.learned` is 0); try "
+           "`dvc exp run -S train.reward_weights.learned=0.3` for a hybrid run.")
+    intro = (f"A `{rp.classifier}` classifier over TF-IDF of the reasoning (answer masked) and overlap, length and "
+             f"format features, fitted on {rm['n_examples']} sampled base-model answers to {rm['n_questions']} "
+             f"training questions ({rm['positive_rate']:.0%} right) labelled by the rule reward. " if rm.get("n_examples")
+             else "")
+    if rm.get("skipped"):
+        return [intro + f"**Skipped:** {rm['reason']}. " + use]
+    quality = ("better than chance" if rm["roc_auc"] >= 0.6 else "barely better than chance" if rm["roc_auc"] > 0.5
+               else "no better than chance")
+    return [intro + use, markdown_table(
+        ["held-out completions", "ROC AUC", "Brier", "Brier of the base rate", "ECE"],
+        [[rm["n_test"], rm["roc_auc"], rm["brier"], rm["brier_baseline"], rm["ece"]]]),
+        f"On questions it never saw, it ranks right answers above wrong ones {quality} (ROC AUC {rm['roc_auc']:.2f}; "
+        "0.5 is chance); ECE is the mean gap between predicted and observed correctness over 10 bins."]
+
+
 def build_report(*, params, stats, base_metrics, tuned_metrics, comparison, train_metrics, records, base_rows,
-                 tuned_rows, lock_hashes: dict, plot_paths: dict) -> str:
+                 tuned_rows, lock_hashes: dict, plot_paths: dict, reward_model_metrics: dict | None = None) -> str:
     p, tp = params, params.train
     weights = tp.reward_weights
     example_prompt = format_question(records[0]) if records else ""
@@ -119,6 +140,9 @@ def build_report(*, params, stats, base_metrics, tuned_metrics, comparison, trai
         "The answer letter is extracted from the **last** declaration (`<answer>C</answer>`, `Answer: C`, "
         "`\\boxed{C}`, ...); two letters, or a letter outside the options, count as no answer. "
         f"(Library default weights: {DEFAULT_WEIGHTS}.)",
+        *(["### Learned reward model", *reward_model_section(reward_model_metrics, p.reward_model,
+                                                              weights.get(LEARNED_REWARD, 0.0))]
+          if reward_model_metrics else []),
         "## Training configuration",
         markdown_table(["param", "value"], [
             ["model", f"`{p.model.name}`" + (f" @ {p.model.revision}" if p.model.revision else "")],

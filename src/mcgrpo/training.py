@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from mcgrpo.fileio import atomic_path, write_json
+from mcgrpo.params import LEARNED_REWARD
 from mcgrpo.prompts import build_messages
+from mcgrpo.reward_model import load_learned_reward
 from mcgrpo.rewards import REWARDS
 
 RUN_MARKER = "run.json"
@@ -24,8 +26,11 @@ def grpo_dataset(records: list[dict], variant: str):
     """Conversational prompts (TRL applies the chat template) plus the columns the rewards read."""
     from datasets import Dataset
 
+    # TRL hands every column but "prompt" to the reward functions; the learned reward reads the passage,
+    # question and options.
     return Dataset.from_list([{"prompt": build_messages(r, variant), "answer": r["answer"],
-                               "n_options": len(r["options"])} for r in records])
+                               "n_options": len(r["options"]), "context": r["context"], "question": r["question"],
+                               "options": r["options"]} for r in records])
 
 
 def grpo_config(tp, output_dir, bf16: bool):
@@ -46,18 +51,32 @@ def grpo_config(tp, output_dir, bf16: bool):
     )
 
 
-def reward_functions(tp) -> list:
-    return [REWARDS[name] for name, weight in tp.reward_weights.items() if weight]
+def uses_learned_reward(tp) -> bool:
+    return bool(tp.reward_weights.get(LEARNED_REWARD))
 
 
-def run_fingerprint(tp, model_params, train_file) -> dict:
-    """What a checkpoint must match to be resumed: every train and model param, and the data.
+def reward_functions(tp, reward_model_file=None) -> list:
+    """The weighted rewards in params order (TRL pairs them with GRPOConfig.reward_weights by position)."""
+    return [load_learned_reward(reward_model_file) if name == LEARNED_REWARD else REWARDS[name]
+            for name, weight in tp.reward_weights.items() if weight]
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_fingerprint(tp, model_params, train_file, reward_model_file=None) -> dict:
+    """What a checkpoint must match to be resumed: every train and model param, the data, and the
+    learned reward model when training uses it.
 
     The model section matters too: a transformers-backend checkpoint must never be resumed by an
     Unsloth run (seen on the GPU machine before this covered the backend).
     """
-    data_hash = hashlib.sha256(Path(train_file).read_bytes()).hexdigest()
-    return {"train": tp.model_dump(), "model": model_params.model_dump(), "train_data_sha256": data_hash}
+    fingerprint = {"train": tp.model_dump(), "model": model_params.model_dump(),
+                   "train_data_sha256": _sha256(train_file)}
+    if uses_learned_reward(tp) and reward_model_file and Path(reward_model_file).exists():
+        fingerprint["reward_model_sha256"] = _sha256(reward_model_file)
+    return fingerprint
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
@@ -149,13 +168,14 @@ def _sort_target_modules(config_file: Path) -> None:
 
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
-               live_dir: Path, fingerprint: dict, bf16: bool) -> dict:
+               live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None) -> dict:
     """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics."""
     from trl import GRPOTrainer
 
     from mcgrpo.torch_logprobs import install_if_needed
 
     install_if_needed()
+    rewards = reward_functions(tp, reward_model_file)  # first: a skipped reward model fails before any work
     resume = prepare_checkpoints(checkpoints, fingerprint)
     state = json.loads((resume / "trainer_state.json").read_text()) if resume else None
     resume_step = int(state["global_step"]) if state else None
@@ -174,7 +194,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     if resume:
         print(f"resuming from {resume} (step {resume_step})")
     trainer = GRPOTrainer(
-        model=model, reward_funcs=reward_functions(tp), args=grpo_config(tp, checkpoints, bf16),
+        model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16),
         train_dataset=grpo_dataset(records, tp.variant), processing_class=tokenizer, peft_config=peft_config,
         callbacks=[cb for cb in [make_live_callback(live_dir, resume_step)] if cb],
     )
