@@ -59,3 +59,18 @@ def test_insights_state_significance():
     assert "rose from 0.000 to 1.000" in lines[0] and "a real difference at the 5% level" in lines[0]
     flat = insights(compare(base, base), summarize(base), summarize(base), {})
     assert "not distinguishable from chance" in flat[0]
+
+
+def test_reward_model_section_reports_quality_or_why_it_was_skipped():
+    from mcgrpo.params import RewardModelParams
+    from mcgrpo.report import reward_model_section
+
+    ok = {"skipped": False, "n_examples": 96, "n_questions": 24, "positive_rate": 0.25, "n_test": 24,
+          "roc_auc": 0.81, "brier": 0.12, "brier_baseline": 0.19, "ece": 0.05}
+    text = "\n".join(reward_model_section(ok, RewardModelParams(), 0.3))
+    assert "| 24 | 0.81 | 0.12 | 0.19 | 0.05 |" in text and "better than chance (ROC AUC 0.81" in text
+    assert "weight 0.3" in text and "carry information" in text
+    skipped = {"skipped": True, "reason": "all 8 labelled completions are wrong", "n_examples": 8, "n_questions": 2,
+               "positive_rate": 0.0}
+    text = "\n".join(reward_model_section(skipped, RewardModelParams(), 0.0))
+    assert "**Skipped:** all 8 labelled completions are wrong" in text and "learned=0.3" in text

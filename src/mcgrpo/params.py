@@ -6,6 +6,7 @@ YAML reads back as a string.
 """
 
 import difflib
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -166,6 +167,30 @@ class RewardModelParams(Section):
     _variant = field_validator("variant")(lambda cls, v: TrainParams.known_variant(v))
 
 
+class PublishParams(Section):
+    """The publish stage: models/publish/ (adapter or merged model + model card), uploaded when push is true."""
+
+    push: bool = False  # upload to the Hub (token from HF_TOKEN or `hf auth login`)
+    repo_id: str | None = None  # "user-or-org/name"; needed when push is true
+    merge: bool = False  # publish the merged model instead of the LoRA adapter
+    private: bool = True  # visibility of a repo the stage creates
+    license: str = "gemma"  # the base model's license id on the Hub
+    commit_message: str = "Upload GRPO fine-tuned model (mcgrpo)"
+
+    @field_validator("repo_id")
+    @classmethod
+    def repo_id_shape(cls, repo_id):
+        if repo_id is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+            raise ValueError(f"{repo_id!r} is not a Hub repo id; write it as user-or-org/name")
+        return repo_id
+
+    @model_validator(mode="after")
+    def push_needs_repo(self):
+        if self.push and not self.repo_id:
+            raise ValueError("publish.push is true but publish.repo_id is not set (e.g. repo_id: you/gemma-3-1b-race-grpo)")
+        return self
+
+
 class ReportParams(Section):
     n_examples: int = Field(3, gt=0)  # examples per kind (improved / regressed / both wrong)
     max_example_chars: int = Field(1500, gt=0)
@@ -177,6 +202,7 @@ class Params(Section):
     eval: EvalParams = EvalParams()
     train: TrainParams = TrainParams()
     reward_model: RewardModelParams = RewardModelParams()
+    publish: PublishParams = PublishParams()
     report: ReportParams = ReportParams()
 
 

@@ -18,3 +18,4 @@ ACCURACY_TABLE, ACCURACY_PNG, TRAINING_PNG = PLOTS / "accuracy.csv", PLOTS / "ac
 SOURCE_TABLE, SOURCE_PNG, REWARDS_PNG = PLOTS / "accuracy_by_source.csv", PLOTS / "accuracy_by_source.png", PLOTS / "rewards.png"
 REWARD_CALIBRATION_TABLE, REWARD_CALIBRATION_PNG = PLOTS / "reward_calibration.csv", PLOTS / "reward_calibration.png"
 REPORT = Path("reports/report.md")
+PUBLISH = Path("models/publish")

@@ -109,7 +109,10 @@ def reward_model_section(rm: dict, rp, weight: float) -> list[str]:
         ["held-out completions", "ROC AUC", "Brier", "Brier of the base rate", "ECE"],
         [[rm["n_test"], rm["roc_auc"], rm["brier"], rm["brier_baseline"], rm["ece"]]]),
         f"On questions it never saw, it ranks right answers above wrong ones {quality} (ROC AUC {rm['roc_auc']:.2f}; "
-        "0.5 is chance); ECE is the mean gap between predicted and observed correctness over 10 bins."]
+        "0.5 is chance); ECE is the mean gap between predicted and observed correctness over 10 bins. "
+        + ("Its Brier score beats always predicting the base rate, so its probabilities carry information."
+           if rm["brier"] < rm["brier_baseline"] else
+           "Its Brier score is no better than always predicting the base rate: as a reward it adds mostly noise.")]
 
 
 def build_report(*, params, stats, base_metrics, tuned_metrics, comparison, train_metrics, records, base_rows,

@@ -79,7 +79,8 @@ def build_classifier(rp):
     if rp.classifier == "gbdt":
         head = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=rp.seed)
     else:
-        head = LogisticRegression(C=rp.C, class_weight="balanced", max_iter=2000)
+        # No class re-weighting: the reward is used as P(correct), so the probabilities must stay calibrated.
+        head = LogisticRegression(C=rp.C, max_iter=2000)
     return make_pipeline(columns, head)
 
 
