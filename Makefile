@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO_DIR ?= build/demo
 
-.PHONY: install demo test test-fast gpu clean
+.PHONY: install demo test test-fast browser gpu clean
 
 install:
 	$(PIP) install -q $(TORCH_INDEX) "$(TORCH)"
@@ -18,9 +18,16 @@ install:
 demo: install
 	$(PYTHON) -m mcgrpo.cli demo --dir $(DEMO_DIR)
 
-test: install
+test: install browser
 	$(PIP) install -q -r requirements-test.txt
 	$(PYTHON) -m pytest
+
+# The chat page's end-to-end test drives Debian's Chromium through Playwright (Playwright's own browser
+# download needs the internet). Installed with apt when missing; elsewhere point CHROMIUM at a Chromium.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "warning: no /usr/bin/chromium (apt-get install chromium); the browser test will be skipped"
 
 test-fast: install
 	$(PYTHON) -m pytest -m "not slow"

@@ -31,3 +31,18 @@ def records():
     from mcgrpo.data.synthetic import make_synthetic_mc
 
     return [{**r, "source": "synthetic"} for r in make_synthetic_mc(6, seed=1)]
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir, tmp_path_factory):
+    """A LoRA adapter for the tiny model with non-zero weights, so base and fine-tuned differ."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("adapter")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out

@@ -1,6 +1,8 @@
 """The real `dvc repro` of the real dvc.yaml on the tiny model, in a scratch git repo."""
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -17,7 +19,7 @@ from mcgrpo.demo import run, setup_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-STAGES = ["prepare", "baseline", "reward_model", "train", "evaluate", "plots", "report"]
+STAGES = ["prepare", "baseline", "reward_model", "train", "evaluate", "plots", "report", "publish"]
 
 
 def repro(repo) -> tuple[list[str], str]:
@@ -67,7 +69,8 @@ def test_outputs(repo):
                  "plots/accuracy_by_source.csv", "plots/accuracy_by_source.png", "plots/rewards.png",
                  "plots/training.png", "reports/report.md", "results/train/plots/metrics/reward.tsv",
                  "models/reward_model.joblib", "data/predictions/reward_model.jsonl", "metrics/reward_model.json",
-                 "plots/reward_calibration.csv", "plots/reward_calibration.png"]:
+                 "plots/reward_calibration.csv", "plots/reward_calibration.png", "models/publish/README.md",
+                 "models/publish/adapter_model.safetensors"]:
         assert (repo / path).exists(), path
     base, tuned = (json.loads((repo / f"metrics/{m}.json").read_text()) for m in ("baseline", "finetuned"))
     assert set(base) == set(tuned) == {"direct", "cot", "loglik"}
@@ -99,7 +102,7 @@ def test_second_repro_is_a_fast_no_op(repo):
 def test_eval_param_reruns_no_training(repo):
     set_param(repo, "eval", "max_new_tokens", 12)
     ran, _ = repro(repo)
-    assert ran == ["baseline", "evaluate", "plots", "report"]
+    assert ran == ["baseline", "evaluate", "plots", "report", "publish"]  # the model card quotes the metrics
 
 
 def test_hybrid_reward_experiment_reruns_training_only(repo):
@@ -108,7 +111,7 @@ def test_hybrid_reward_experiment_reruns_training_only(repo):
     assert rm["skipped"] is False and 0 <= rm["roc_auc"] <= 1 and rm["n_examples"] == 96
     set_param(repo, "train", "reward_weights", {"correct": 1.0, "format": 0.2, "learned": 0.3})
     ran, _ = repro(repo)
-    assert ran[0] == "train" and "reward_model" not in ran and ran[-1] == "report"
+    assert ran[0] == "train" and "reward_model" not in ran and ran[-2:] == ["report", "publish"]
     assert (repo / "results/train/plots/metrics/rewards/learned/mean.tsv").exists()
     assert "Training used it with weight 0.3" in (repo / "reports/report.md").read_text()
     set_param(repo, "train", "reward_weights", {"correct": 1.0, "format": 0.2, "learned": 0.0})
@@ -122,7 +125,7 @@ def test_train_param_does_not_rerun_baseline_and_metrics_diff(repo):
     ran, _ = repro(repo)
     # evaluate follows only if the adapter's bytes changed: on the random model every reward is 0, so the
     # gradient is exactly zero and the adapter does not change, which DVC rightly notices.
-    assert ran[0] == "train" and not {"prepare", "baseline"} & set(ran) and ran[-1] == "report"
+    assert ran[0] == "train" and not {"prepare", "baseline"} & set(ran) and ran[-2:] == ["report", "publish"]
     diff = json.loads(run(["dvc", "metrics", "diff", "--json", "--all"], repo, capture=True).stdout)
     assert "metrics/finetuned.json" in diff and "cot.accuracy" in diff["metrics/finetuned.json"]
     assert diff["metrics/train.json"]["steps"]["new"] == 6
@@ -143,6 +146,69 @@ def test_bad_params_fail_with_a_clear_message(repo):
     proc = run(["dvc", "repro", "train"], repo, check=False, capture=True)
     assert proc.returncode != 0
     assert "did you mean 'learning_rate'" in proc.stdout + proc.stderr
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    del params["train"]["learnin_rate"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_pull_request_report(repo):
+    """What the PR workflow posts: metrics and params diffs against the base, and the accuracy plot."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "base"], repo)
+    set_param(repo, "report", "n_examples", 1)  # reruns the report only: a cheap change to review
+    repro(repo)
+    metrics = json.loads((repo / "metrics/finetuned.json").read_text())
+    metrics["cot"]["accuracy"] += 0.5  # as if training had helped, so there is a metric change to show
+    (repo / "metrics/finetuned.json").write_text(json.dumps(metrics))
+    out = run(["bash", str(ROOT / ".ci/pr_report.sh"), "HEAD"], repo, capture=True).stdout
+    assert "## DVC metrics: this branch vs `HEAD`" in out
+    assert re.search(r"\| metrics/finetuned.json +\| cot.accuracy +\| [0-9.]+ +\| [0-9.]+ +\| 0.5 +\|", out), out
+    assert re.search(r"\| params.yaml +\| report.n_examples +\| 3 +\| 1 +\|", out), out
+    assert "![accuracy per prompt variant](./plots/accuracy.png)" in out
+    assert not (repo / "plots/.gitignore").exists() or "accuracy.png" not in (repo / "plots/.gitignore").read_text()
+    workflow = yaml.safe_load((ROOT / ".github/workflows/pr-review.yml").read_text())
+    steps = " ".join(str(step.get("run", step.get("uses"))) for step in workflow["jobs"]["dvc-report"]["steps"])
+    assert ".ci/pr_report.sh" in steps and "cml comment" in steps and "iterative/setup-cml" in steps
+    run(["git", "checkout", "-q", "--", "params.yaml", "metrics/finetuned.json"], repo)
+    repro(repo)
+
+
+def test_experiment_grid_promotion_and_remote(repo, tmp_path):
+    """The README's recipes: a queued grid, promoting the best experiment, and a DVC remote."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "before the grid"], repo)
+    run(["dvc", "exp", "run", "--queue", "-S", "train.learning_rate=choice(0.001,0.0001)", "-S", "train.max_steps=2"],
+        repo)
+    run(["dvc", "queue", "start", "--jobs", "1"], repo, capture=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], repo, capture=True).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    table = run(["dvc", "exp", "show", "--md"], repo, capture=True).stdout
+    assert "train.learning_rate" in table and "cot.accuracy" in table
+    rows = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo, capture=True).stdout)))
+    assert {r["train.learning_rate"] for r in rows if r["Experiment"]} == {"0.001", "0.0001"}
+    exps = json.loads(run(["dvc", "exp", "show", "--json"], repo, capture=True).stdout)
+    names = [e["name"] for ref in exps for e in ref.get("experiments") or [] if e.get("name")]
+    assert len(names) == 2
+    # promote one: apply it to the workspace and commit it
+    run(["dvc", "exp", "apply", names[0]], repo, capture=True)
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["max_steps"] == 2
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", f"promote {names[0]}"], repo)
+    assert run(["dvc", "status"], repo, capture=True).stdout.strip().endswith("Data and pipelines are up to date.")
+    # a DVC remote in a local folder: push, lose the cache and the outputs, pull them back
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], repo)
+    run(["dvc", "push", "-q"], repo)
+    adapter = digest(repo / "models/adapter")
+    shutil.rmtree(repo / ".dvc/cache")
+    shutil.rmtree(repo / "models/adapter")
+    run(["dvc", "pull", "-q"], repo)
+    assert digest(repo / "models/adapter") == adapter
+    assert "up to date" in run(["dvc", "status"], repo, capture=True).stdout
 
 
 def test_killed_training_resumes_on_the_next_repro(tmp_path):

@@ -47,19 +47,8 @@ def test_publish_params_need_a_repo_to_push():
     assert PublishParams(push=True, repo_id="me/model").push
 
 
-def write_adapter(tiny_model_dir, out):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
-
-
-def test_adapter_and_merged_folders(tiny_model_params, tiny_model_dir, tmp_path):
-    adapter = write_adapter(tiny_model_dir, tmp_path / "adapter")
+def test_adapter_and_merged_folders(tiny_model_params, tiny_adapter_dir, tmp_path):
+    adapter = tiny_adapter_dir
     folder = build_folder(tmp_path / "publish", make_card(), adapter_dir=adapter)
     names = {p.name for p in folder.iterdir()}
     assert {"README.md", "adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= names

@@ -1,4 +1,4 @@
-"""The `mcgrpo` command: score completions, build a tiny model, run the offline demo."""
+"""The `mcgrpo` command: score completions, build a tiny model, run the offline demo, chat in a browser."""
 
 import argparse
 import json
@@ -45,6 +45,20 @@ def cmd_demo(args) -> None:
     run_demo(Path(args.project), Path(args.dir))
 
 
+def cmd_chat(args) -> None:
+    from mcgrpo.chat import serve
+    from mcgrpo.params import load_params
+
+    from mcgrpo.params import ModelParams
+
+    # Outside a project (no params.yaml) --base is enough: the model section's defaults apply.
+    model_params = ModelParams() if args.base and not Path(args.params).exists() else load_params(args.params).model
+    if args.base:
+        model_params = model_params.model_copy(update={"name": args.base, "revision": None})
+    serve(model_params, args.adapter, which=args.model, host=args.host, port=args.port,
+          max_input_chars=args.max_input_chars, max_new_tokens=args.max_new_tokens)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="mcgrpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +76,17 @@ def main(argv=None) -> None:
     p.add_argument("--dir", default="build/demo")
     p.add_argument("--project", default=".")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("chat", help="a local web page to chat with the fine-tuned and/or base model")
+    p.add_argument("--model", default="both", choices=["both", "fine-tuned", "base"])
+    p.add_argument("--base", help="base model (hub id or folder); default: model.name in params.yaml")
+    p.add_argument("--adapter", default="models/adapter", help="LoRA adapter folder (default: models/adapter)")
+    p.add_argument("--params", default="params.yaml", help="params file for the model section (default: params.yaml)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--max-input-chars", type=int, default=12000, help="longer input is refused (default 12000)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.set_defaults(func=cmd_chat)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -74,10 +74,11 @@ def setup_demo(project: Path, dest: Path, overrides: dict | None = None, warm_st
     write_text(dest / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     write_jsonl(dest / DEMO_DATA, make_synthetic_mc(120, seed=0))
     build_tiny_model(dest / TINY_MODEL, warm_start_steps=warm_start_steps)
-    write_text(dest / ".gitignore", "/models/tiny-gemma/\n")
     run(["git", "init", "-q"], dest)
     run(["dvc", "init", "-q"], dest)
     run(["dvc", "config", "core.analytics", "false"], dest)
+    # DVC-tracked, so experiments queued with `dvc exp run --queue` (run in a temporary copy) have it too
+    run(["dvc", "add", "-q", TINY_MODEL], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "demo project"], dest)
     return dest
