@@ -1,29 +1,45 @@
-"""train: GRPO with LoRA on the train set; resumes from the last checkpoint of the same run."""
+"""train: GRPO with LoRA on the train set; resumes from the last checkpoint of the same run.
+
+With train.num_processes > 1 the script relaunches itself under `accelerate launch` (one process per
+GPU, DDP or DeepSpeed per train.accelerate_config); every other stage stays single-process.
+"""
+
+import subprocess
+import sys
 
 from mcgrpo import paths
 from mcgrpo.errors import TRAIN_OOM, run_stage
 from mcgrpo.fileio import read_jsonl, write_json
-from mcgrpo.modeling import load_model, pick_backend, torch_dtype
 from mcgrpo.params import load_params
+from mcgrpo.training import accelerate_command, is_launched_worker, training_backend
 
 
 def main():
     p = load_params()
+    if p.train.num_processes > 1 and not is_launched_worker():
+        training_backend(p.model.backend, p.train)  # refuse Unsloth before starting the workers
+        command = accelerate_command(p.train, __file__)
+        print(f"launching {p.train.num_processes} training processes: {' '.join(command[2:])}", flush=True)
+        sys.exit(subprocess.run(command, check=False).returncode)
     records = read_jsonl(paths.TRAIN_SET)
-    backend = pick_backend(p.model.backend)  # before TRL is imported: Unsloth must patch it first
+    backend = training_backend(p.model.backend, p.train)  # before TRL is imported: Unsloth must patch it first
+
+    from mcgrpo.modeling import load_model, torch_dtype
+
     model, tokenizer, peft_config = load_model(p.model, lora=p.train.lora, seed=p.train.seed, backend=backend)
     print(f"backend: {backend}, {len(records)} training prompts, {p.train.max_steps} steps")
 
     import torch
 
-    from mcgrpo.training import run_fingerprint, train_grpo
+    from mcgrpo.training import process_state, run_fingerprint, train_grpo
 
     summary = train_grpo(
         model, tokenizer, peft_config, records, p.train, checkpoints=paths.CHECKPOINTS, adapter_out=paths.ADAPTER,
         live_dir=paths.TRAIN_LOGS, fingerprint=run_fingerprint(p.train, p.model, paths.TRAIN_SET, paths.REWARD_MODEL),
         bf16=torch_dtype(p.model.dtype) == torch.bfloat16, reward_model_file=paths.REWARD_MODEL)
-    write_json(paths.TRAIN_METRICS, {"backend": backend, **summary})
-    print(summary)
+    if process_state().is_main_process:
+        write_json(paths.TRAIN_METRICS, {"backend": backend, **summary})
+        print(summary)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ DEMO_OVERRIDES = {
               "save_steps": 3, "gradient_checkpointing": False},
 }
 MODEL_METRICS = ["metrics/baseline.json", "metrics/finetuned.json"]
-PROJECT_FILES = ["dvc.yaml", "stages", "src", ".dvcignore"]
+PROJECT_FILES = ["dvc.yaml", "stages", "src", "configs", ".dvcignore"]
 GIT_ENV = {"GIT_AUTHOR_NAME": "mcgrpo demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
            "GIT_COMMITTER_NAME": "mcgrpo demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
 

@@ -6,6 +6,7 @@ the project tests and benchmarks on, since real weights cannot be downloaded eve
 """
 
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -141,7 +142,8 @@ def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None):
         elif adapter_dir:
             model = _attach_adapter(model, adapter_dir)
         if torch.cuda.is_available():
-            model = model.to("cuda")
+            # one GPU per process under `accelerate launch` (LOCAL_RANK); cuda:0 otherwise
+            model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

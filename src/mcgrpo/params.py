@@ -114,6 +114,8 @@ class TrainParams(Section):
     reward_weights: dict[str, float] = {"correct": 1.0, "format": 0.2}
     gradient_checkpointing: bool = True
     use_vllm: bool = False  # TRL's vLLM rollouts, if vllm is installed (untested here)
+    num_processes: int = Field(1, gt=0)  # > 1: data-parallel GRPO under `accelerate launch`, one process per GPU
+    accelerate_config: str = "configs/accelerate/ddp.yaml"  # DDP; configs/accelerate/zero2.yaml: DeepSpeed ZeRO-2
     seed: int = 42
     save_steps: int = Field(50, gt=0)
     save_total_limit: int = Field(2, gt=0)

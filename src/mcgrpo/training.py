@@ -7,12 +7,15 @@ from the last complete checkpoint; any change starts afresh, so a stale run is n
 import csv
 import hashlib
 import json
+import os
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
 import torch
 
+from mcgrpo.errors import UserError
 from mcgrpo.fileio import atomic_path, write_json
 from mcgrpo.params import LEARNED_REWARD
 from mcgrpo.prompts import build_messages
@@ -49,6 +52,43 @@ def grpo_config(tp, output_dir, bf16: bool):
         save_steps=tp.save_steps, save_total_limit=tp.save_total_limit, logging_steps=tp.logging_steps,
         bf16=bf16, use_cpu=not torch.cuda.is_available(), report_to="none", log_completions=False,
     )
+
+
+# --- several processes: `accelerate launch`, one process per GPU -----------------------------------
+
+
+def is_launched_worker() -> bool:
+    """True inside a process started by `accelerate launch` / torchrun (they set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def accelerate_command(tp, script: str) -> list[str]:
+    """The command that reruns the train stage script as tp.num_processes data-parallel workers."""
+    config = Path(tp.accelerate_config)
+    if not config.exists():
+        raise UserError(f"train.accelerate_config={tp.accelerate_config!r}: file not found; use "
+                        "configs/accelerate/ddp.yaml (DDP) or configs/accelerate/zero2.yaml (DeepSpeed ZeRO-2)")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            "--num_processes", str(tp.num_processes), "--num_machines", "1", script]
+
+
+def training_backend(requested_backend: str, tp) -> str:
+    """Unsloth trains on one GPU only: several processes always use transformers + peft under accelerate."""
+    from mcgrpo.modeling import pick_backend
+
+    if tp.num_processes > 1:
+        if requested_backend == "unsloth":
+            raise UserError("model.backend=unsloth trains on one GPU only; for train.num_processes > 1 set "
+                            "model.backend to auto or transformers")
+        return "transformers"
+    return pick_backend(requested_backend)
+
+
+def process_state():
+    """accelerate's view of this process (rank, world size); one process when not launched."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def uses_learned_reward(tp) -> bool:
@@ -169,56 +209,76 @@ def _sort_target_modules(config_file: Path) -> None:
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
                live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None) -> dict:
-    """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics."""
+    """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics.
+
+    Under `accelerate launch` every process runs this; only the main one touches the checkpoint
+    folder's marker, the curves and the adapter.
+    """
     from trl import GRPOTrainer
 
     from mcgrpo.torch_logprobs import install_if_needed
 
     install_if_needed()
     rewards = reward_functions(tp, reward_model_file)  # first: a skipped reward model fails before any work
-    resume = prepare_checkpoints(checkpoints, fingerprint)
-    state = json.loads((resume / "trainer_state.json").read_text()) if resume else None
-    resume_step = int(state["global_step"]) if state else None
+    procs = process_state()
+    main = procs.is_main_process
+    # The main process clears or keeps the checkpoint folder; the others look once it has decided.
+    resume = prepare_checkpoints(checkpoints, fingerprint) if main else None
+    procs.wait_for_everyone()
+    if not main:
+        resume = prepare_checkpoints(checkpoints, fingerprint)  # the marker matches now: nothing is deleted
+    saved = json.loads((resume / "trainer_state.json").read_text()) if resume else None
+    resume_step = int(saved["global_step"]) if saved else None
     if resume_step is not None and resume_step >= tp.max_steps:
         # The run already finished (e.g. `dvc repro --force`): export its last checkpoint. Resuming the
         # trainer here would train one step past max_steps.
         print(f"{resume} already reached max_steps={tp.max_steps}; exporting it")
-        with atomic_path(adapter_out) as tmp:
-            tmp.mkdir()
-            for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):  # what save_pretrained writes
-                if (resume / name).exists():
-                    shutil.copy2(resume / name, tmp / name)
-            tokenizer.save_pretrained(tmp)
-            _sort_target_modules(tmp / "adapter_config.json")
-        return _summary(state["log_history"], resume_step, resume_step, 0.0)
+        if main:
+            with atomic_path(adapter_out) as tmp:
+                tmp.mkdir()
+                for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):  # what save_pretrained writes
+                    if (resume / name).exists():
+                        shutil.copy2(resume / name, tmp / name)
+                tokenizer.save_pretrained(tmp)
+                _sort_target_modules(tmp / "adapter_config.json")
+        return _summary(saved["log_history"], resume_step, resume_step, 0.0, procs)
     if resume:
         print(f"resuming from {resume} (step {resume_step})")
+    live = make_live_callback(live_dir, resume_step) if main else None
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16),
         train_dataset=grpo_dataset(records, tp.variant), processing_class=tokenizer, peft_config=peft_config,
-        callbacks=[cb for cb in [make_live_callback(live_dir, resume_step)] if cb],
+        callbacks=[live] if live else [],
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    with atomic_path(adapter_out) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _sort_target_modules(tmp / "adapter_config.json")
+    if main:
+        with atomic_path(adapter_out) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            _sort_target_modules(tmp / "adapter_config.json")
     return _summary(trainer.state.log_history, trainer.state.global_step, resume_step or 0,
-                    result.metrics.get("train_runtime", 0.0))
+                    result.metrics.get("train_runtime", 0.0), procs)
 
 
-def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtime_s: float) -> dict:
+def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtime_s: float, procs=None) -> dict:
     history = [h for h in log_history if "reward" in h]
     tail = history[-10:]
-    return {
+    summary = {
         "steps": steps,
         "resumed_from_step": resumed_from_step,
+        "num_processes": procs.num_processes if procs else 1,
         "train_runtime_s": round(runtime_s, 1),
         "reward_first": round(history[0]["reward"], 4) if history else None,
         "reward_last10": round(sum(h["reward"] for h in tail) / len(tail), 4) if tail else None,
         "completion_length_last10": round(sum(h.get("completions/mean_length", 0) for h in tail) / len(tail), 1)
         if tail else None,
         "step_time_s_last10": round(sum(h.get("step_time", 0) for h in tail) / len(tail), 2) if tail else None,
-        **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
-           if torch.cuda.is_available() else {}),
     }
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        summary["peak_gpu_memory_gib"] = round(peak, 2)  # this process's GPU (the main one under accelerate)
+        if procs is not None and procs.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            summary["peak_gpu_memory_gib_per_process"] = [round(m, 2) for m in gather_object([peak])]
+    return summary
