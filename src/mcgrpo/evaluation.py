@@ -23,7 +23,7 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str)
         prompts = [render_prompt(tokenizer, r, variant) for r in records]
         start = time.perf_counter()
         outputs = generate(model, tokenizer, prompts, batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,
-                           temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed,
+                           temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed, engine=ep.engine,
                            desc=f"{model_label} / {variant}")
         seconds = time.perf_counter() - start
         new_tokens = sum(o["n_tokens"] for o in outputs)

@@ -67,12 +67,20 @@ class EvalParams(Section):
     """Shared by baseline and evaluate, so both models answer under identical settings."""
 
     mode: Literal["generate", "loglik", "both"] = "both"  # loglik: option log-likelihood, no generation
+    engine: Literal["auto", "hf", "static"] = "auto"  # static: compiled static-cache decode (CUDA); auto: static on CUDA
     variants: list[str] = ["direct", "cot"]
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(512, gt=0)
     temperature: float = Field(0.0, ge=0)  # 0: greedy
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def static_engine_has_no_top_p(self):
+        if self.engine == "static" and self.top_p < 1:
+            raise ValueError("eval.engine=static samples from the full distribution: set eval.top_p to 1.0, "
+                             "or eval.engine to hf or auto")
+        return self
 
     @field_validator("variants")
     @classmethod

@@ -1,0 +1,113 @@
+"""Decode speed at Gemma 3 1B's shape: HF `generate` (dynamic cache), HF `generate` with a compiled static
+cache, and the project's StaticGenerator, side by side in one process on the same inputs.
+
+Random-init Gemma3ForCausalLM with the exact 1B config, bf16, sdpa; random prompt tokens; no EOS, so
+every row decodes the full length. Each engine gets one warm-up call (compilation; timed and reported
+apart), then timed calls. Greedy outputs of StaticGenerator are compared with HF `generate`'s.
+
+    python benchmarks/generation.py --batch 128 --prompt 512 --new 256 --out $OUT/generation.json
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from mcgrpo.fast_generation import StaticGenerator  # noqa: E402
+from mcgrpo.modeling import PRESETS  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--batch", type=int, default=128)
+parser.add_argument("--prompt", type=int, default=512)
+parser.add_argument("--new", type=int, default=256)
+parser.add_argument("--repeats", type=int, default=2)
+parser.add_argument("--engines", default="hf_dynamic,hf_static,static_generator,static_generator_sampling")
+parser.add_argument("--preset", default="gemma-3-1b")
+parser.add_argument("--out", required=True)
+args = parser.parse_args()
+
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig  # noqa: E402
+
+torch.manual_seed(0)
+config = Gemma3TextConfig(**PRESETS[args.preset], attn_implementation="sdpa")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this script (tiny preset)
+model = Gemma3ForCausalLM(config).to(DEVICE, torch.bfloat16 if DEVICE == "cuda" else torch.float32).eval()
+model.generation_config.eos_token_id = None  # no early stop: every row runs the full length
+model.generation_config.pad_token_id = 0
+ids = torch.randint(10, config.vocab_size, (args.batch, args.prompt), device=DEVICE)
+mask = torch.ones_like(ids)
+results = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "batch": args.batch,
+           "prompt_tokens": args.prompt, "new_tokens": args.new, "engines": {}}
+print(json.dumps({k: v for k, v in results.items() if k != "engines"}), flush=True)
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn):
+    sync()
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - t
+
+
+def record(name, fn):
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _, warmup = timed(fn)
+    runs = [timed(fn) for _ in range(args.repeats)]
+    out, seconds = runs[-1]
+    best = min(s for _, s in runs)
+    new = out.shape[0] * out.shape[1]
+    results["engines"][name] = {"warmup_s": round(warmup, 1), "seconds": [round(s, 3) for _, s in runs],
+                                "new_tok_per_s": round(new / best), "ms_per_step": round(1000 * best / out.shape[1], 2),
+                                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEVICE == "cuda" else None}
+    print(name, json.dumps(results["engines"][name]), flush=True)
+    return out
+
+
+outputs = {}
+engines = args.engines.split(",")
+with torch.inference_mode():
+    if "hf_dynamic" in engines:
+        outputs["hf_dynamic"] = record("hf_dynamic", lambda: model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False, top_k=None)[:, args.prompt:])
+    if "hf_static" in engines:
+        outputs["hf_static"] = record("hf_static", lambda: model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False, top_k=None,
+            cache_implementation="static")[:, args.prompt:])
+    if "static_generator" in engines or "static_generator_sampling" in engines:
+        t = time.perf_counter()
+        generator = StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new,
+                                    check_every=args.new)  # the benchmark never stops early: skip the syncs
+        results["static_generator_setup_s"] = round(time.perf_counter() - t, 1)
+        if "static_generator" in engines:
+            outputs["static_generator"] = record("static_generator", lambda: generator.generate(
+                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0))
+        if "static_generator_sampling" in engines:
+            record("static_generator_sampling", lambda: generator.generate(
+                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0, temperature=1.0))
+
+base = results["engines"].get("hf_dynamic", {}).get("new_tok_per_s")
+static = results["engines"].get("hf_static", {}).get("new_tok_per_s")
+for name, r in results["engines"].items():
+    if base:
+        r["vs_hf_dynamic"] = round(r["new_tok_per_s"] / base, 2)
+    if static:
+        r["vs_hf_static"] = round(r["new_tok_per_s"] / static, 2)
+if "hf_dynamic" in outputs and "static_generator" in outputs:
+    ref, ours = outputs["hf_dynamic"], outputs["static_generator"]
+    same = (ref == ours[:, :ref.shape[1]])
+    first_diff = torch.where(same.all(1), ref.shape[1], (~same).float().argmax(1))
+    results["greedy_vs_hf_dynamic"] = {"identical_rows": int(same.all(1).sum()), "rows": ref.shape[0],
+                                       "mean_matching_prefix": round(first_diff.float().mean().item(), 1)}
+Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+Path(args.out).write_text(json.dumps(results, indent=2))
+print(json.dumps(results, indent=2))
