@@ -33,6 +33,10 @@ parser.add_argument("--stages", default="prepare,baseline,train,evaluate")
 parser.add_argument("--n-eval", type=int, default=64)
 parser.add_argument("--steps", type=int, default=3)
 parser.add_argument("--preset", default="gemma-3-1b", help="tiny: a CPU dry run of this script")
+parser.add_argument("--train-processes", type=int, default=0,
+                    help="> 0: run the train stage under `accelerate launch` with this many processes (DDP config)")
+parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a params override, as with `dvc exp run -S` (repeatable)")
 args = parser.parse_args()
 
 work, out = Path(args.work), Path(args.out)
@@ -45,6 +49,7 @@ if not model_dir.exists():
 shutil.rmtree(work, ignore_errors=True)  # a warm machine keeps /tmp between calls: start clean
 work.mkdir(parents=True)
 shutil.copytree(ROOT / "stages", work / "stages")
+shutil.copytree(ROOT / "configs", work / "configs")
 shutil.copy(args.race, work / "race.jsonl")
 params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {
     "model": {"name": str(model_dir), "backend": args.backend, "dtype": "bfloat16" if args.preset != "tiny" else "auto"},
@@ -57,6 +62,10 @@ params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {
     "train": {"max_steps": args.steps, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 8,
               "num_generations": 8, "max_completion_length": 256, "save_steps": 1000, "logging_steps": 1},
 })
+for item in args.set:
+    key, value = item.split("=", 1)
+    section, name = key.split(".", 1)
+    params = deep_merge(params, {section: {name: yaml.safe_load(value)}})
 (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 env_path = f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"
@@ -65,7 +74,11 @@ for stage in args.stages.split(","):
     t = time.perf_counter()
     # Stream to a file, so a run killed by a time limit still leaves its log behind.
     with open(out / f"{stage}.log", "w") as log:
-        proc = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=work, text=True, stdout=log,
+        command = [sys.executable, f"stages/{stage}.py"]
+        if stage == "train" and args.train_processes:
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/ddp.yaml",
+                       "--num_processes", str(args.train_processes), "--num_machines", "1", f"stages/{stage}.py"]
+        proc = subprocess.run(command, cwd=work, text=True, stdout=log,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": env_path})
     timings[stage] = round(time.perf_counter() - t, 1)
     lines = [ln for ln in (out / f"{stage}.log").read_text().splitlines() if "it/s]" not in ln and "s/it]" not in ln]
@@ -76,5 +89,7 @@ for name in ["metrics/baseline.json", "metrics/finetuned.json", "metrics/compari
              "data/prepared/stats.json"]:
     if (work / name).exists():
         shutil.copy(work / name, out / Path(name).name)
-(out / "timings.json").write_text(json.dumps({"backend": args.backend, "stage_seconds": timings}, indent=2))
+(out / "timings.json").write_text(json.dumps({"backend": args.backend, "train_processes": args.train_processes,
+                                              "overrides": args.set,
+                                              "stage_seconds": timings}, indent=2))
 print(json.dumps(timings))

@@ -27,6 +27,10 @@ def main():
     from mcgrpo.modeling import load_model, torch_dtype
 
     model, tokenizer, peft_config = load_model(p.model, lora=p.train.lora, seed=p.train.seed, backend=backend)
+    if p.train.grouped_attention and backend == "transformers":
+        from mcgrpo.fast_generation import use_grouped_attention
+
+        use_grouped_attention(model)
     print(f"backend: {backend}, {len(records)} training prompts, {p.train.max_steps} steps")
 
     import torch

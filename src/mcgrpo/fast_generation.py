@@ -13,6 +13,43 @@ Greedy output is token-for-token the same as `model.generate(do_sample=False)` o
 
 import torch
 
+GQA_ATTENTION = "mcgrpo_grouped_sdpa"
+
+
+def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """SDPA for grouped-query attention without copying K/V per query head.
+
+    HF's sdpa path repeats each KV head for its query heads whenever there is a mask (every padded or
+    sliding-window step): Gemma 3 1B has 4 query heads on 1 KV head, so each decode step wrote and read
+    4 copies of the whole KV cache. Here a group's query heads become extra query rows against their one
+    KV head: the same arithmetic, one read of K and V.
+    """
+    b, n_q_heads, q_len, d = query.shape
+    n_kv_heads = key.shape[1]
+    group = n_q_heads // n_kv_heads
+    q = query.reshape(b, n_kv_heads, group * q_len, d)  # head h uses KV head h // group, as repeat_kv does
+    mask = attention_mask
+    if mask is not None:
+        mask = mask[:, :, :, : key.shape[-2]]
+        mask = mask.unsqueeze(2).expand(b, mask.shape[1], group, q_len, mask.shape[-1])
+        mask = mask.reshape(b, mask.shape[1], group * q_len, mask.shape[-1])
+    causal = mask is None and q_len > 1 and (is_causal if is_causal is not None else True)
+    if causal:  # rows are (head, position) pairs now: spell the causal mask out per row
+        positions = torch.arange(q_len, device=query.device).repeat(group)
+        mask = positions[:, None] + (key.shape[-2] - q_len) >= torch.arange(key.shape[-2], device=query.device)
+    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(b, n_q_heads, q_len, d).transpose(1, 2).contiguous(), None
+
+
+def use_grouped_attention(model) -> None:
+    """Switch a model's attention to grouped_sdpa (same results as sdpa, less memory traffic)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GQA_ATTENTION, grouped_sdpa)
+    AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(GQA_ATTENTION)
+
 
 def _positions(attention_mask):
     """Position ids as HF computes them for left-padded rows (pads get 1)."""
@@ -27,9 +64,12 @@ class StaticGenerator:
     the cache are reused, so compile time is paid once per stage run.
     """
 
-    def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32):
+    def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32,
+                 grouped_attention: bool = True):
         from transformers import StaticCache
 
+        if grouped_attention and model.config.num_attention_heads != model.config.num_key_value_heads:
+            use_grouped_attention(model)  # note: changes the model's attention for every later call too
         self.model, self.batch_size, self.max_length, self.check_every = model, batch_size, max_length, check_every
         self.device = next(model.parameters()).device
         self.cache = StaticCache(config=model.config, max_cache_len=max_length)

@@ -122,6 +122,10 @@ class TrainParams(Section):
     reward_weights: dict[str, float] = {"correct": 1.0, "format": 0.2}
     gradient_checkpointing: bool = True
     use_vllm: bool = False  # TRL's vLLM rollouts, if vllm is installed (untested here)
+    # rollouts through transformers: generate (TRL's default, dynamic cache) | static (static KV cache) |
+    # continuous (transformers' continuous batching)
+    rollout_engine: Literal["generate", "static", "continuous"] = "generate"
+    grouped_attention: bool = False  # grouped-query SDPA without per-head K/V copies (transformers backend)
     num_processes: int = Field(1, gt=0)  # > 1: data-parallel GRPO under `accelerate launch`, one process per GPU
     accelerate_config: str = "configs/accelerate/ddp.yaml"  # DDP; configs/accelerate/zero2.yaml: DeepSpeed ZeRO-2
     seed: int = 42

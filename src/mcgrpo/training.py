@@ -49,6 +49,8 @@ def grpo_config(tp, output_dir, bf16: bool):
         beta=tp.beta, loss_type=tp.loss_type, scale_rewards=tp.scale_rewards, num_iterations=tp.num_iterations,
         epsilon=tp.epsilon, reward_weights=[w for w in tp.reward_weights.values() if w],
         gradient_checkpointing=tp.gradient_checkpointing, use_vllm=tp.use_vllm,
+        cache_implementation="static" if tp.rollout_engine == "static" else None,
+        use_transformers_continuous_batching=tp.rollout_engine == "continuous",
         save_steps=tp.save_steps, save_total_limit=tp.save_total_limit, logging_steps=tp.logging_steps,
         bf16=bf16, use_cpu=not torch.cuda.is_available(), report_to="none", log_completions=False,
     )
