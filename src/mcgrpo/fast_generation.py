@@ -11,6 +11,8 @@ Greedy output is token-for-token the same as `model.generate(do_sample=False)` o
 (tested on CPU, uncompiled). top-p/top-k are not supported: callers fall back to `generate`.
 """
 
+import copy
+
 import torch
 
 GQA_ATTENTION = "mcgrpo_grouped_sdpa"
@@ -72,7 +74,14 @@ class StaticGenerator:
             use_grouped_attention(model)  # note: changes the model's attention for every later call too
         self.model, self.batch_size, self.max_length, self.check_every = model, batch_size, max_length, check_every
         self.device = next(model.parameters()).device
-        self.cache = StaticCache(config=model.config, max_cache_len=max_length)
+        # Every layer gets a full-length cache, sliding-window layers included: HF's sliding-window cache layer
+        # rolls its whole window on every decode step (on an H100 at the 1B shape, ~80 us per layer and
+        # tensor, about a third of the step). The model still applies its sliding-window mask, by absolute
+        # position, so the attention is the same; the cost is memory (max_length instead of the window).
+        cache_config = copy.copy(model.config)
+        cache_config.layer_types = ["full_attention"] * model.config.num_hidden_layers
+        cache_config.sliding_window = None
+        self.cache = StaticCache(config=cache_config, max_cache_len=max_length)
         compile = self.device.type == "cuda" if compile is None else compile
         self._decode = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=False) if compile \
             else self._decode_step
