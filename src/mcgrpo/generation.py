@@ -4,8 +4,8 @@ Prompts are sorted by length so each batch carries little padding, generated wit
 and returned in the caller's order. Greedy unless a temperature > 0 is given.
 
 Two engines: "hf" is `model.generate`; "static" is the project's StaticGenerator (a static KV cache
-and one compiled decode step, CUDA only, no top-p), built once per call and reused for every batch,
-so its compile time is paid once per stage run. "auto" picks static on CUDA when top_p is 1.
+and one compiled decode step, CUDA only, no top-p), built once per call (one call per prompt variant)
+and reused for every batch, so its compile time is paid per call, not per batch. "auto" picks static on CUDA when top_p is 1.
 """
 
 import torch
