@@ -1,6 +1,5 @@
 """The chat page: its pure helpers, and end to end in headless Chromium (Debian's, through Playwright)."""
 
-import shutil
 import socket
 import subprocess
 import sys

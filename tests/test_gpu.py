@@ -47,3 +47,14 @@ def test_compiled_static_generator_matches_hf_generate_on_cuda(tiny_model_dir):
         ours = generator.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=24, eos_token_ids=eos,
                                   pad_token_id=tok.pad_token_id)
         assert torch.equal(ours[:, :reference.shape[1]], reference)
+
+
+@pytest.mark.gpu
+def test_eval_helper_static_engine_matches_hf_on_cuda(tiny_model_dir, records):
+    from mcgrpo.generation import generate
+    from mcgrpo.prompts import render_prompt
+
+    model, tok, _ = load_model(ModelParams(name=str(tiny_model_dir), backend="transformers", dtype="float32"))
+    prompts = [render_prompt(tok, r, "cot") for r in records]
+    hf = generate(model, tok, prompts, batch_size=4, max_new_tokens=16, engine="hf")
+    assert generate(model, tok, prompts, batch_size=4, max_new_tokens=16, engine="static") == hf  # compiled path

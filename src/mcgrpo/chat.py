@@ -12,7 +12,7 @@ from threading import Thread
 
 from mcgrpo.errors import UserError
 from mcgrpo.prompts import build_messages
-from mcgrpo.rewards import LETTERS, extract_answer, score_completion
+from mcgrpo.rewards import LETTERS, extract_answer, reasoning_text, score_completion
 
 MODELS = ("fine-tuned", "base")
 CHOICES = {"both": MODELS, "fine-tuned": ("fine-tuned",), "base": ("base",)}
@@ -24,10 +24,9 @@ def split_reasoning(text: str) -> tuple[str, str]:
 
     With <reasoning>/<answer> tags: what is inside each. Without: no reasoning, the whole text is the answer.
     """
-    reasoning = re.search(r"<reasoning>(.*?)(?:</reasoning>|$)", text, re.S)
     answer = re.search(r"<answer>(.*?)(?:</answer>|$)", text, re.S)
-    if reasoning or answer:
-        return (reasoning.group(1).strip() if reasoning else "", answer.group(1).strip() if answer else "")
+    if "<reasoning>" in text or answer:
+        return (reasoning_text(text) if "<reasoning>" in text else "", answer.group(1).strip() if answer else "")
     return "", text.strip()
 
 

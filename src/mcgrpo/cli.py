@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from mcgrpo.chat import DEFAULT_MAX_INPUT_CHARS
 from mcgrpo.errors import UserError
 
 
@@ -47,9 +48,7 @@ def cmd_demo(args) -> None:
 
 def cmd_chat(args) -> None:
     from mcgrpo.chat import serve
-    from mcgrpo.params import load_params
-
-    from mcgrpo.params import ModelParams
+    from mcgrpo.params import ModelParams, load_params
 
     # Outside a project (no params.yaml) --base is enough: the model section's defaults apply.
     model_params = ModelParams() if args.base and not Path(args.params).exists() else load_params(args.params).model
@@ -84,7 +83,8 @@ def main(argv=None) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--max-input-chars", type=int, default=12000, help="longer input is refused (default 12000)")
+    p.add_argument("--max-input-chars", type=int, default=DEFAULT_MAX_INPUT_CHARS,
+                   help=f"longer input is refused (default {DEFAULT_MAX_INPUT_CHARS})")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.set_defaults(func=cmd_chat)
     args = parser.parse_args(argv)

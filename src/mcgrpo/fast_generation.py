@@ -63,7 +63,7 @@ class StaticGenerator:
     """Generate for batches of left-padded prompts with a static KV cache.
 
     One instance serves many batches of the same (batch size, max length) shape: the compiled graph and
-    the cache are reused, so compile time is paid once per stage run.
+    the cache are reused, so compile time is paid once per instance, not per batch.
     """
 
     def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32,
@@ -92,19 +92,19 @@ class StaticGenerator:
                           logits_to_keep=1).logits[:, -1, :]
 
     @staticmethod
-    def _choose(logits, temperature, noise):
+    def _next_tokens(logits, finished, eos, pad, temperature, noise):
+        """The next token per row (pad for finished rows) and the updated finished flags."""
         if temperature is None:
-            return logits.argmax(-1)
-        # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample from softmax(logits / T).
-        return (logits.float() / temperature + noise).argmax(-1)
+            tokens = logits.argmax(-1)
+        else:  # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample from softmax(logits / T).
+            tokens = (logits.float() / temperature + noise).argmax(-1)
+        tokens = torch.where(finished, pad, tokens)
+        return tokens, finished | torch.isin(tokens, eos)
 
     def _decode_step(self, tokens, attention_mask, position_ids, cache_position, finished, eos, pad, temperature,
                      noise):
         logits = self._forward(tokens[:, None], attention_mask, position_ids[:, None], cache_position)
-        next_tokens = self._choose(logits, temperature, noise)
-        next_tokens = torch.where(finished, pad, next_tokens)
-        finished = finished | torch.isin(next_tokens, eos)
-        return next_tokens, finished
+        return self._next_tokens(logits, finished, eos, pad, temperature, noise)
 
     @torch.inference_mode()
     def generate(self, input_ids, attention_mask, *, max_new_tokens: int, eos_token_ids, pad_token_id: int,
@@ -140,11 +140,9 @@ class StaticGenerator:
         # Prefill (eager: its shape changes with the prompt length).
         positions = _positions(mask[:, :prompt_len])
         logits = self._forward(ids, mask[:, :prompt_len], positions, torch.arange(prompt_len, device=self.device))
-        tokens = self._choose(logits, temp, noise())
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
         finished[n:] = True
-        tokens = torch.where(finished, pad, tokens)
-        finished = finished | torch.isin(tokens, eos)
+        tokens, finished = self._next_tokens(logits, finished, eos, pad, temp, noise())
         out = [tokens]
         next_position = positions[:, -1] + 1
         for step in range(1, max_new_tokens):

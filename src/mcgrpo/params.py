@@ -21,6 +21,12 @@ PARAMS_FILE = "params.yaml"
 LEARNED_REWARD = "learned"  # the reward_model stage's classifier, the one reward that is not a pure function
 
 
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown prompt variant {variant!r}; choose from {list(VARIANTS)}")
+    return variant
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -136,9 +142,7 @@ class TrainParams(Section):
     @field_validator("variant")
     @classmethod
     def known_variant(cls, variant):
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown prompt variant {variant!r}; choose from {list(VARIANTS)}")
-        return variant
+        return check_variant(variant)
 
     @field_validator("reward_weights")
     @classmethod
@@ -178,7 +182,10 @@ class RewardModelParams(Section):
     min_per_class: int = Field(5, gt=0)  # fewer right (or wrong) completions than this: the stage is skipped
     seed: int = 0
 
-    _variant = field_validator("variant")(lambda cls, v: TrainParams.known_variant(v))
+    @field_validator("variant")
+    @classmethod
+    def known_variant(cls, variant):
+        return check_variant(variant)
 
 
 class PublishParams(Section):
