@@ -35,14 +35,17 @@ def main():
 
     import torch
 
-    from mcgrpo.training import process_state, run_fingerprint, train_grpo
+    from mcgrpo.training import process_state, rollout_engine, run_fingerprint, train_grpo
+
+    engine = rollout_engine(p.train, backend)
+    print(f"rollouts: {engine}")
 
     summary = train_grpo(
         model, tokenizer, peft_config, records, p.train, checkpoints=paths.CHECKPOINTS, adapter_out=paths.ADAPTER,
         live_dir=paths.TRAIN_LOGS, fingerprint=run_fingerprint(p.train, p.model, paths.TRAIN_SET, paths.REWARD_MODEL),
-        bf16=torch_dtype(p.model.dtype) == torch.bfloat16, reward_model_file=paths.REWARD_MODEL)
+        bf16=torch_dtype(p.model.dtype) == torch.bfloat16, reward_model_file=paths.REWARD_MODEL, engine=engine)
     if process_state().is_main_process:
-        write_json(paths.TRAIN_METRICS, {"backend": backend, **summary})
+        write_json(paths.TRAIN_METRICS, {"backend": backend, "rollout_engine": engine, **summary})
         print(summary)
 
 

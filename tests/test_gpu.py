@@ -58,3 +58,29 @@ def test_eval_helper_static_engine_matches_hf_on_cuda(tiny_model_dir, records):
     prompts = [render_prompt(tok, r, "cot") for r in records]
     hf = generate(model, tok, prompts, batch_size=4, max_new_tokens=16, engine="hf")
     assert generate(model, tok, prompts, batch_size=4, max_new_tokens=16, engine="static") == hf  # compiled path
+
+
+def test_fast_rollouts_compile_once_across_grpo_steps(tiny_model_dir, tmp_path):
+    """Training updates the LoRA weights in place between rollouts: the CUDA graph must be replayed with them,
+    not recompiled every step (a recompile costs the whole warm-up again)."""
+    from torch._dynamo.utils import counters
+
+    from mcgrpo.data.synthetic import make_synthetic_mc
+    from mcgrpo.fileio import write_jsonl
+    from mcgrpo.params import TrainParams
+    from mcgrpo.training import run_fingerprint, train_grpo
+
+    records = make_synthetic_mc(8, seed=2)
+    write_jsonl(tmp_path / "train.jsonl", records)
+    mp = ModelParams(name=str(tiny_model_dir), backend="transformers")
+    tp = TrainParams(max_steps=4, save_steps=100, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                     num_generations=2, max_completion_length=16, warmup_steps=0, learning_rate=1e-3,
+                     lora={"r": 4, "alpha": 8}, rollout_engine="fast", beta=0.0)
+    model, tok, peft_config = load_model(mp, lora=tp.lora, seed=tp.seed)
+    torch._dynamo.reset()
+    counters.clear()
+    summary = train_grpo(model, tok, peft_config, records, tp, checkpoints=tmp_path / "ckpt", adapter_out=tmp_path / "a",
+                         live_dir=tmp_path / "live", fingerprint=run_fingerprint(tp, mp, tmp_path / "train.jsonl"),
+                         bf16=True, engine="fast")
+    assert summary["steps"] == 4
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

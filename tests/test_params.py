@@ -60,3 +60,20 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "params.yaml").write_text("train: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_rollout_engine_resolution(capsys):
+    from mcgrpo.params import TrainParams
+    from mcgrpo.training import rollout_engine
+
+    assert rollout_engine(TrainParams(), "transformers") == "fast"
+    assert rollout_engine(TrainParams(), "unsloth") == "generate"  # Unsloth patches generation its own way
+    assert rollout_engine(TrainParams(top_p=0.9), "transformers") == "generate"  # fast has no top-p
+    assert rollout_engine(TrainParams(rollout_engine="static"), "transformers") == "static"
+    with pytest.raises(UserError, match="rollout_engine=fast needs the transformers backend"):
+        rollout_engine(TrainParams(rollout_engine="fast"), "unsloth")
+    with pytest.raises(UserError, match="train.top_p to 1.0"):
+        parse_params({"train": {"rollout_engine": "fast", "top_p": 0.9}})
+    # vLLM is not installed here: asking for it falls back, and says so
+    assert rollout_engine(TrainParams(use_vllm=True), "transformers") == "fast"
+    assert "vllm is not installed" in capsys.readouterr().out

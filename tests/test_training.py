@@ -8,7 +8,8 @@ from mcgrpo.data.synthetic import make_synthetic_mc
 from mcgrpo.fileio import write_jsonl
 from mcgrpo.modeling import load_model
 from mcgrpo.params import TrainParams
-from mcgrpo.training import prepare_checkpoints, run_fingerprint, train_grpo
+from mcgrpo.training import (FastRollouts, grpo_config, grpo_dataset, longest_prompt_tokens, prepare_checkpoints,
+                             run_fingerprint, train_grpo)
 
 pytestmark = pytest.mark.slow
 
@@ -20,13 +21,13 @@ def tiny_train_params(**kw):
                           "lora": {"r": 4, "alpha": 8}, **kw})
 
 
-def run(tiny_model_params, tmp_path, tp, records, reward_model_file=None):
+def run(tiny_model_params, tmp_path, tp, records, reward_model_file=None, engine="generate"):
     model, tok, peft_config = load_model(tiny_model_params, lora=tp.lora, seed=tp.seed)
     write_jsonl(tmp_path / "train.jsonl", records)
     return train_grpo(model, tok, peft_config, records, tp, checkpoints=tmp_path / "ckpt",
                       adapter_out=tmp_path / "adapter", live_dir=tmp_path / "live",
                       fingerprint=run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl", reward_model_file),
-                      bf16=False, reward_model_file=reward_model_file)
+                      bf16=False, reward_model_file=reward_model_file, engine=engine)
 
 
 def steps_logged(live_dir):
@@ -106,3 +107,49 @@ def test_hybrid_training_uses_the_learned_reward(tiny_model_params, tmp_path):
     fingerprint = run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl", tmp_path / "rm.joblib")
     save(tmp_path / "rm.joblib", fit_reward_model(labelled_rows(seed=5), RewardModelParams())[0])
     assert run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl", tmp_path / "rm.joblib") != fingerprint
+
+
+def test_fast_rollouts_are_the_policys_own_tokens(tiny_model_params, tmp_path):
+    """At a near-zero temperature the fast rollouts must be the policy's greedy tokens, exactly as
+    model.generate gives them for each prompt alone, cut after the first EOS as TRL cuts them; and the
+    policy goes back to train mode (with gradient checkpointing on) afterwards."""
+    import torch
+    from trl import GRPOTrainer
+
+    from mcgrpo.prompts import build_messages
+    from mcgrpo.training import reward_functions
+
+    records = make_synthetic_mc(6, seed=3)
+    tp = tiny_train_params(temperature=1e-6, max_completion_length=40, gradient_checkpointing=True,
+                           per_device_train_batch_size=6, num_generations=2)
+    model, tok, peft_config = load_model(tiny_model_params, lora=tp.lora, seed=tp.seed)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(tp), args=grpo_config(tp, tmp_path, False, "fast"),
+                          train_dataset=grpo_dataset(records, tp.variant), processing_class=tok, peft_config=peft_config)
+    rollouts = FastRollouts(longest_prompt_tokens(tok, records, tp.variant), grouped_attention=True)
+    prompts = [build_messages(r, tp.variant) for r in records]
+    trainer.model.train()
+    first = rollouts(prompts, trainer)["completion_ids"]
+    # The untrained tiny model never says <end_of_turn>: make a token it does say an EOS, so the cut is exercised.
+    trainer.eos_token_ids = [*trainer.eos_token_ids, first[0][5]]
+    out = rollouts(prompts, trainer)
+    assert trainer.model.training and out["logprobs"] is None
+    eos = set(trainer.eos_token_ids)
+    assert any(len(ids) < tp.max_completion_length and ids[-1] in eos for ids in out["completion_ids"])
+    trainer.model.eval()
+    for prompt_ids, completion in zip(out["prompt_ids"], out["completion_ids"], strict=True):
+        with torch.no_grad():
+            new = trainer.model.generate(torch.tensor([prompt_ids]), max_new_tokens=tp.max_completion_length,
+                                         do_sample=False, eos_token_id=list(eos), pad_token_id=tok.pad_token_id)
+        new = new[0, len(prompt_ids):].tolist()
+        end = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
+        assert completion == new[:end]
+
+
+def test_grpo_with_fast_rollouts_trains_and_resumes(tiny_model_params, tmp_path):
+    records = make_synthetic_mc(8, seed=2)
+    tp = tiny_train_params(rollout_engine="fast", gradient_checkpointing=True)
+    summary = run(tiny_model_params, tmp_path, tp, records, engine="fast")
+    assert summary["steps"] == 4 and steps_logged(tmp_path / "live") == [1, 2, 3, 4]
+    shutil.rmtree(tmp_path / "ckpt" / "checkpoint-4")
+    summary = run(tiny_model_params, tmp_path, tp, records, engine="fast")
+    assert summary["steps"] == 4 and summary["resumed_from_step"] == 2

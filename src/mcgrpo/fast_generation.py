@@ -18,6 +18,27 @@ import torch
 GQA_ATTENTION = "mcgrpo_grouped_sdpa"
 
 
+def grouped_query_and_mask(query, key, attention_mask, is_causal=None):
+    """Queries (b, kv_heads, group * q_len, d) with each KV head's query heads as extra rows, and the mask to match.
+
+    repeat_kv gives query head h the KV head h // group; reshaping the heads dimension does the same.
+    """
+    b, n_q_heads, q_len, d = query.shape
+    n_kv_heads = key.shape[1]
+    group = n_q_heads // n_kv_heads
+    q = query.reshape(b, n_kv_heads, group * q_len, d)
+    mask = attention_mask
+    if mask is not None:
+        mask = mask[:, :, :, : key.shape[-2]]
+        mask = mask.unsqueeze(2).expand(b, mask.shape[1], group, q_len, mask.shape[-1])
+        mask = mask.reshape(b, mask.shape[1], group * q_len, mask.shape[-1])
+    elif q_len > 1 and (is_causal if is_causal is not None else True):
+        # rows are (head, position) pairs now: spell the causal mask out per row
+        positions = torch.arange(q_len, device=query.device).repeat(group)
+        mask = positions[:, None] + (key.shape[-2] - q_len) >= torch.arange(key.shape[-2], device=query.device)
+    return q, mask
+
+
 def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """SDPA for grouped-query attention without copying K/V per query head.
 
@@ -26,21 +47,9 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     4 copies of the whole KV cache. Here a group's query heads become extra query rows against their one
     KV head: the same arithmetic, one read of K and V.
     """
-    b, n_q_heads, q_len, d = query.shape
-    n_kv_heads = key.shape[1]
-    group = n_q_heads // n_kv_heads
-    q = query.reshape(b, n_kv_heads, group * q_len, d)  # head h uses KV head h // group, as repeat_kv does
-    mask = attention_mask
-    if mask is not None:
-        mask = mask[:, :, :, : key.shape[-2]]
-        mask = mask.unsqueeze(2).expand(b, mask.shape[1], group, q_len, mask.shape[-1])
-        mask = mask.reshape(b, mask.shape[1], group * q_len, mask.shape[-1])
-    causal = mask is None and q_len > 1 and (is_causal if is_causal is not None else True)
-    if causal:  # rows are (head, position) pairs now: spell the causal mask out per row
-        positions = torch.arange(q_len, device=query.device).repeat(group)
-        mask = positions[:, None] + (key.shape[-2] - q_len) >= torch.arange(key.shape[-2], device=query.device)
+    q, mask = grouped_query_and_mask(query, key, attention_mask, is_causal)
     out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
-    return out.reshape(b, n_q_heads, q_len, d).transpose(1, 2).contiguous(), None
+    return out.reshape(query.shape).transpose(1, 2).contiguous(), None
 
 
 def use_grouped_attention(model) -> None:
@@ -67,7 +76,7 @@ class StaticGenerator:
     """
 
     def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32,
-                 grouped_attention: bool = True):
+                 grouped_attention: bool = True, compile_mode: str | None = "reduce-overhead"):
         from transformers import StaticCache
 
         if grouped_attention and model.config.num_attention_heads != model.config.num_key_value_heads:
@@ -83,7 +92,8 @@ class StaticGenerator:
         cache_config.sliding_window = None
         self.cache = StaticCache(config=cache_config, max_cache_len=max_length)
         compile = self.device.type == "cuda" if compile is None else compile
-        self._decode = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=False) if compile \
+        # reduce-overhead: CUDA graphs. None (inductor without graphs) is for profiling the kernels.
+        self._decode = torch.compile(self._decode_step, mode=compile_mode, fullgraph=False) if compile \
             else self._decode_step
 
     def _forward(self, input_ids, attention_mask, position_ids, cache_position):

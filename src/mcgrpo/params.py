@@ -127,10 +127,11 @@ class TrainParams(Section):
     epsilon: float = Field(0.2, gt=0)  # clipping range
     reward_weights: dict[str, float] = {"correct": 1.0, "format": 0.2}
     gradient_checkpointing: bool = True
-    use_vllm: bool = False  # TRL's vLLM rollouts, if vllm is installed (untested here)
-    # rollouts through transformers: generate (TRL's default, dynamic cache) | static (static KV cache) |
-    # continuous (transformers' continuous batching)
-    rollout_engine: Literal["generate", "static", "continuous"] = "generate"
+    use_vllm: bool = False  # TRL's vLLM rollouts if vllm is installed, else rollout_engine (untested here)
+    # rollouts: fast (the project's StaticGenerator: eval mode, static KV cache, CUDA-graph decode) |
+    # generate (TRL's default) | static (TRL with a static KV cache) | continuous (transformers' continuous
+    # batching) | auto (fast where it applies: transformers backend and top_p 1; else generate)
+    rollout_engine: Literal["auto", "fast", "generate", "static", "continuous"] = "auto"
     grouped_attention: bool = False  # grouped-query SDPA without per-head K/V copies (transformers backend)
     num_processes: int = Field(1, gt=0)  # > 1: data-parallel GRPO under `accelerate launch`, one process per GPU
     accelerate_config: str = "configs/accelerate/ddp.yaml"  # DDP; configs/accelerate/zero2.yaml: DeepSpeed ZeRO-2
@@ -153,6 +154,13 @@ class TrainParams(Section):
         if not any(weights.values()):
             raise ValueError("every reward weight is 0: nothing to learn from")
         return weights
+
+    @model_validator(mode="after")
+    def fast_rollouts_have_no_top_p(self):
+        if self.rollout_engine == "fast" and self.top_p < 1:
+            raise ValueError("train.rollout_engine=fast samples from the full distribution: set train.top_p to 1.0, "
+                             "or use rollout_engine generate")
+        return self
 
     @model_validator(mode="after")
     def whole_groups(self):

@@ -6,6 +6,7 @@ from the last complete checkpoint; any change starts afresh, so a stale run is n
 
 import csv
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -36,7 +37,8 @@ def grpo_dataset(records: list[dict], variant: str):
                                "options": r["options"]} for r in records])
 
 
-def grpo_config(tp, output_dir, bf16: bool):
+def grpo_config(tp, output_dir, bf16: bool, engine: str = "generate"):
+    """TRL's config from train params; `engine` is the resolved rollout engine (see rollout_engine)."""
     from trl import GRPOConfig
 
     return GRPOConfig(
@@ -48,12 +50,86 @@ def grpo_config(tp, output_dir, bf16: bool):
         max_completion_length=tp.max_completion_length, temperature=tp.temperature, top_p=tp.top_p,
         beta=tp.beta, loss_type=tp.loss_type, scale_rewards=tp.scale_rewards, num_iterations=tp.num_iterations,
         epsilon=tp.epsilon, reward_weights=[w for w in tp.reward_weights.values() if w],
-        gradient_checkpointing=tp.gradient_checkpointing, use_vllm=tp.use_vllm,
-        cache_implementation="static" if tp.rollout_engine == "static" else None,
-        use_transformers_continuous_batching=tp.rollout_engine == "continuous",
+        gradient_checkpointing=tp.gradient_checkpointing, use_vllm=engine == "vllm",
+        cache_implementation="static" if engine == "static" else None,
+        use_transformers_continuous_batching=engine == "continuous",
         save_steps=tp.save_steps, save_total_limit=tp.save_total_limit, logging_steps=tp.logging_steps,
         bf16=bf16, use_cpu=not torch.cuda.is_available(), report_to="none", log_completions=False,
     )
+
+
+# --- rollouts ----------------------------------------------------------------------------------------
+
+
+def rollout_engine(tp, backend: str) -> str:
+    """The engine that samples this run's completions: vllm, fast, generate, static or continuous."""
+    if tp.use_vllm:
+        if importlib.util.find_spec("vllm") is not None:
+            return "vllm"
+        print("warning: train.use_vllm is true but vllm is not installed; rollouts use train.rollout_engine "
+              f"({tp.rollout_engine}) instead")
+    if tp.rollout_engine == "auto":
+        return "fast" if backend == "transformers" and tp.top_p >= 1 else "generate"
+    if tp.rollout_engine == "fast" and backend != "transformers":
+        raise UserError(f"train.rollout_engine=fast needs the transformers backend (model.backend is {backend}); "
+                        "set train.rollout_engine to auto or generate, or model.backend to transformers")
+    return tp.rollout_engine
+
+
+def longest_prompt_tokens(tokenizer, records: list[dict], variant: str) -> int:
+    """Tokens in the longest chat-templated training prompt (sizes the rollout KV cache once)."""
+    return max(len(tokenizer.apply_chat_template(build_messages(r, variant), add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True)["input_ids"]) for r in records)
+
+
+class FastRollouts:
+    """TRL `rollout_func`: the policy samples its completions through StaticGenerator.
+
+    TRL's own rollouts call `generate` on the policy in train mode, and with gradient checkpointing on,
+    transformers then drops the KV cache ("Caching is incompatible with gradient checkpointing"): every
+    new token re-runs the whole sequence. Here the policy samples in eval mode through a static KV cache
+    and one compiled decode step (a CUDA graph on GPU), built on the first call and replayed on every
+    later one. The optimizer updates the LoRA weights in place, so the graph always reads the current
+    policy. Sampling is exact (Gumbel-max at TRL's temperature, no top-p/top-k) and draws from torch's
+    global RNG, which the trainer's checkpoints save and restore.
+    """
+
+    def __init__(self, max_prompt_tokens: int, grouped_attention: bool):
+        self.max_prompt_tokens, self.grouped_attention = max_prompt_tokens, grouped_attention
+        self.generator = None
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        from mcgrpo.fast_generation import StaticGenerator
+
+        prompt_ids, _, _ = trainer._tokenize_prompts(prompts)  # TRL's own chat templating, so ids match its forward
+        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+        device = trainer.accelerator.device
+        need = max(map(len, prompt_ids)) + trainer.max_completion_length
+        if self.generator is None or len(prompt_ids) > self.generator.batch_size or need > self.generator.max_length:
+            if self.generator is not None:
+                print(f"warning: rollout batch {len(prompt_ids)} x {need} tokens outgrew the rollout cache; "
+                      "rebuilding it (and recompiling)")
+            self.generator = StaticGenerator(
+                model, batch_size=len(prompt_ids), max_length=max(need, self.max_prompt_tokens + trainer.max_completion_length),
+                grouped_attention=self.grouped_attention)
+        pad = trainer._tokenizer.pad_token_id
+        rows = [torch.tensor(ids) for ids in prompt_ids]
+        input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad, padding_side="left")
+        attention_mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True,
+                                                         padding_value=0, padding_side="left")
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(trainer.args.bf16)):
+                new_tokens = self.generator.generate(
+                    input_ids.to(device), attention_mask.to(device), max_new_tokens=trainer.max_completion_length,
+                    eos_token_ids=trainer.eos_token_ids, pad_token_id=pad, temperature=trainer.temperature).tolist()
+        finally:
+            model.train(was_training)
+        eos = set(trainer.eos_token_ids)
+        # Keep each completion up to and including its first EOS, as TRL's completion mask does.
+        completion_ids = [ids[:next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))] for ids in new_tokens]
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
 
 # --- several processes: `accelerate launch`, one process per GPU -----------------------------------
@@ -210,7 +286,7 @@ def _sort_target_modules(config_file: Path) -> None:
 
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
-               live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None) -> dict:
+               live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "generate") -> dict:
     """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics.
 
     Under `accelerate launch` every process runs this; only the main one touches the checkpoint
@@ -247,10 +323,14 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     if resume:
         print(f"resuming from {resume} (step {resume_step})")
     live = make_live_callback(live_dir, resume_step) if main else None
+    rollouts = None
+    if engine == "fast":
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental"; TRL is pinned
+        rollouts = FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant), tp.grouped_attention)
     trainer = GRPOTrainer(
-        model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16),
+        model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16, engine),
         train_dataset=grpo_dataset(records, tp.variant), processing_class=tokenizer, peft_config=peft_config,
-        callbacks=[live] if live else [],
+        callbacks=[live] if live else [], rollout_func=rollouts,
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if main:

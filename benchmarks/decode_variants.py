@@ -1,0 +1,151 @@
+"""Where the compiled decode step's time goes, and what changes it (Gemma 3 1B shape, batch 128).
+
+1. Profile: the StaticGenerator decode step compiled by inductor *without* CUDA graphs (the same kernels
+   the graph replays), a few steps under torch.profiler: GPU time per step by kernel, against the step
+   time measured with CUDA graphs. If the kernel sum is close to the step time the GPU is the limit;
+   if it is far below, the host is.
+2. Variants, each compiled afresh with CUDA graphs and timed over full generate calls:
+   - grouped_sdpa: the shipped attention (grouped-query SDPA);
+   - grouped_matmul: the same attention as two matmuls and a softmax, left to inductor to fuse;
+   - max_autotune: mode="max-autotune" (Triton matmul templates tuned per shape, CUDA graphs).
+
+    python benchmarks/decode_variants.py --out $OUT/decode_variants.json
+"""
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from mcgrpo.fast_generation import StaticGenerator, grouped_query_and_mask, use_grouped_attention  # noqa: E402
+from mcgrpo.modeling import PRESETS  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--batch", type=int, default=128)
+parser.add_argument("--prompt", type=int, default=512)
+parser.add_argument("--new", type=int, default=256)
+parser.add_argument("--variants", default="grouped_sdpa,grouped_matmul,max_autotune")
+parser.add_argument("--profile-steps", type=int, default=16)
+parser.add_argument("--budget-s", type=float, default=500, help="skip variants once this much time has passed")
+parser.add_argument("--preset", default="gemma-3-1b")
+parser.add_argument("--out", required=True)
+args = parser.parse_args()
+started = time.perf_counter()
+
+from transformers import AttentionInterface, Gemma3ForCausalLM, Gemma3TextConfig  # noqa: E402
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
+
+
+def grouped_matmul(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    q, mask = grouped_query_and_mask(query, key, attention_mask, is_causal)
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scaling
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(value.dtype), value)
+    return out.reshape(query.shape).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("grouped_matmul", grouped_matmul)
+AttentionMaskInterface.register("grouped_matmul", sdpa_mask)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this script (tiny preset)
+torch.manual_seed(0)
+config = Gemma3TextConfig(**PRESETS[args.preset], attn_implementation="sdpa")
+model = Gemma3ForCausalLM(config).to(DEVICE, torch.bfloat16 if DEVICE == "cuda" else torch.float32).eval()
+ids = torch.randint(10, config.vocab_size, (args.batch, args.prompt), device=DEVICE)
+mask = torch.ones_like(ids)
+results = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
+           "batch": args.batch, "prompt_tokens": args.prompt, "new_tokens": args.new, "variants": {}}
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def save():
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+def generator_for(variant, compile_mode="reduce-overhead"):
+    torch._dynamo.reset()  # every variant compiles from scratch
+    if variant == "grouped_matmul":
+        model.set_attn_implementation("grouped_matmul")
+    else:
+        use_grouped_attention(model)
+    mode = "max-autotune" if variant == "max_autotune" else compile_mode
+    return StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new, check_every=args.new,
+                           grouped_attention=False, compile=DEVICE == "cuda", compile_mode=mode)
+
+
+def run(generator, new):
+    sync()
+    t = time.perf_counter()
+    out = generator.generate(ids, mask, max_new_tokens=new, eos_token_ids=[], pad_token_id=0)
+    sync()
+    return out, time.perf_counter() - t
+
+
+with torch.inference_mode():
+    # 1. kernel profile of the compiled step without CUDA graphs
+    generator = generator_for("grouped_sdpa", compile_mode=None)
+    run(generator, 8)  # compiles; the cache now holds prompt + 7 tokens
+    sync()
+
+    def step_args(slot):  # the decode inputs for the token going into cache slot `slot`
+        return (torch.zeros(args.batch, dtype=torch.long, device=DEVICE),
+                (torch.arange(args.prompt + args.new, device=DEVICE) <= slot).long().expand(args.batch, -1).contiguous(),
+                torch.full((args.batch,), slot, device=DEVICE), torch.tensor([slot], device=DEVICE),
+                torch.zeros(args.batch, dtype=torch.bool, device=DEVICE), torch.tensor([1], device=DEVICE),
+                torch.tensor(0, device=DEVICE), None, None)
+
+    # transformers' StaticCache writes at its own running count, so the steps must follow on from generate's
+    slots = range(args.prompt + 7, args.prompt + 8 + args.profile_steps)
+    inputs = [step_args(slot) for slot in slots]
+    generator._decode(*inputs[0])
+    sync()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA] if DEVICE == "cuda" else [ProfilerActivity.CPU]) as prof:
+        for step in inputs[1:]:
+            generator._decode(*step)
+        sync()
+    per_kernel = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if DEVICE == "cuda" and event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        per_kernel[event.name][0] += event.device_time_total if DEVICE == "cuda" else event.cpu_time_total
+        per_kernel[event.name][1] += 1
+    total_us = sum(t for t, _ in per_kernel.values())
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:30]
+    results["profile_no_cudagraphs"] = {
+        "kernel_ms_per_step": round(total_us / 1000 / args.profile_steps, 3),
+        "kernels_per_step": round(sum(n for _, n in per_kernel.values()) / args.profile_steps, 1),
+        "top": [{"kernel": name[:90], "us_per_step": round(t / args.profile_steps, 1), "calls_per_step": n / args.profile_steps}
+                for name, (t, n) in top]}
+    print(json.dumps(results["profile_no_cudagraphs"], indent=1), flush=True)
+    save()
+
+    # 2. variants with CUDA graphs
+    for variant in args.variants.split(","):
+        if time.perf_counter() - started > args.budget_s:
+            results["variants"][variant] = "skipped: time budget"
+            continue
+        generator = generator_for(variant)
+        _, warmup = run(generator, 16)  # compiles and captures the graph
+        runs = [run(generator, args.new) for _ in range(2)]
+        best = min(s for _, s in runs)
+        out = runs[-1][0]
+        results["variants"][variant] = {
+            "warmup_call_s": round(warmup, 1), "seconds": [round(s, 3) for _, s in runs],
+            "ms_per_step": round(1000 * best / out.shape[1], 2), "new_tok_per_s": round(out.numel() / best)}
+        print(variant, json.dumps(results["variants"][variant]), flush=True)
+        save()
+save()
+print(json.dumps(results, indent=2))
