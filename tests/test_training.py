@@ -8,8 +8,15 @@ from mcgrpo.data.synthetic import make_synthetic_mc
 from mcgrpo.fileio import write_jsonl
 from mcgrpo.modeling import load_model
 from mcgrpo.params import TrainParams
-from mcgrpo.training import (FastRollouts, grpo_config, grpo_dataset, longest_prompt_tokens, prepare_checkpoints,
-                             run_fingerprint, train_grpo)
+from mcgrpo.training import (
+    FastRollouts,
+    grpo_config,
+    grpo_dataset,
+    longest_prompt_tokens,
+    prepare_checkpoints,
+    run_fingerprint,
+    train_grpo,
+)
 
 pytestmark = pytest.mark.slow
 
