@@ -84,3 +84,29 @@ def test_fast_rollouts_compile_once_across_grpo_steps(tiny_model_dir, tmp_path):
                          bf16=True, engine="fast")
     assert summary["steps"] == 4
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def test_decode_loop_never_waits_for_the_gpu(tiny_model_dir):
+    """The host must queue token after token without waiting: a blocking copy per token (it was one, a
+    `torch.tensor([slot], device=...)`) made every step cost kernel time plus host time. Syncs per call
+    (setup, prefill) are fine; their number must not grow with the number of tokens."""
+    import warnings
+
+    from mcgrpo.fast_generation import StaticGenerator
+
+    model, tok, _ = load_model(ModelParams(name=str(tiny_model_dir), backend="transformers"))
+    ids = torch.randint(10, 100, (4, 32), device="cuda")
+    generator = StaticGenerator(model, batch_size=4, max_length=32 + 64, check_every=1000)
+    generator.generate(ids, torch.ones_like(ids), max_new_tokens=64, eos_token_ids=[1], pad_token_id=0)  # compile
+
+    def syncs(new_tokens):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                generator.generate(ids, torch.ones_like(ids), max_new_tokens=new_tokens, eos_token_ids=[1], pad_token_id=0)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(8) == syncs(64)

@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from mcgrpo.data.synthetic import make_synthetic_mc
 from mcgrpo.fileio import write_jsonl
@@ -160,3 +161,18 @@ def test_grpo_with_fast_rollouts_trains_and_resumes(tiny_model_params, tmp_path)
     shutil.rmtree(tmp_path / "ckpt" / "checkpoint-4")
     summary = run(tiny_model_params, tmp_path, tp, records, engine="fast")
     assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
+
+
+def test_leaked_input_grad_hooks_are_dropped(tiny_model_params):
+    from mcgrpo.training import drop_leaked_input_grad_hooks
+
+    model, _, _ = load_model(tiny_model_params)
+    for _ in range(3):  # what TRL does around every log-prob pass: one more hook each time
+        model.gradient_checkpointing_disable()
+        model.gradient_checkpointing_enable()
+    hooks = model.get_input_embeddings()._forward_hooks
+    assert len(hooks) == 3
+    drop_leaked_input_grad_hooks(model)
+    assert len(hooks) == 1
+    out = model.get_input_embeddings()(torch.tensor([[1, 2]]))
+    assert out.requires_grad  # the hook that is kept still does its job

@@ -91,6 +91,10 @@ class StaticGenerator:
         cache_config.layer_types = ["full_attention"] * model.config.num_hidden_layers
         cache_config.sliding_window = None
         self.cache = StaticCache(config=cache_config, max_cache_len=max_length)
+        # Cache positions live on the device from the start: a fresh `torch.tensor([slot], device=...)` per
+        # token is a blocking host-to-device copy, which made the host wait for every step (on the H100 at
+        # the 1B shape: 4.0 ms of kernels took 7.0 ms per step).
+        self.slots = torch.arange(max_length, device=self.device)
         compile = self.device.type == "cuda" if compile is None else compile
         # reduce-overhead: CUDA graphs. None (inductor without graphs) is for profiling the kernels.
         self._decode = torch.compile(self._decode_step, mode=compile_mode, fullgraph=False) if compile \
@@ -158,7 +162,7 @@ class StaticGenerator:
         for step in range(1, max_new_tokens):
             slot = prompt_len + step - 1  # the cache slot the previous token goes into
             mask[:, slot] = 1
-            cache_position = torch.tensor([slot], device=self.device)
+            cache_position = self.slots[slot:slot + 1]
             tokens, finished = self._decode(tokens.clone(), mask, next_position.clone(), cache_position, finished.clone(),
                                             eos, pad, temp, noise())
             tokens, finished = tokens.clone(), finished.clone()  # CUDA-graph outputs are overwritten by the next replay

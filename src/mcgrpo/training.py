@@ -82,6 +82,20 @@ def longest_prompt_tokens(tokenizer, records: list[dict], variant: str) -> int:
                                                  tokenize=True, return_dict=True)["input_ids"]) for r in records)
 
 
+def drop_leaked_input_grad_hooks(model) -> None:
+    """Keep just one of the input-embedding hooks that make the embeddings' output require grad.
+
+    TRL 1.15 turns gradient checkpointing off and on around every log-prob pass, and each
+    `gradient_checkpointing_enable` (transformers 5.17) registers one more such hook: one per step. The
+    compiled decode step guards on the number of hooks, so without this the rollout graph was compiled
+    afresh every step (found on CPU with compile forced on; the GPU test checks it stays compiled once).
+    """
+    hooks = model.get_input_embeddings()._forward_hooks
+    leaked = [key for key, hook in hooks.items() if getattr(hook, "__name__", "") == "make_inputs_require_grads"]
+    for key in leaked[:-1]:
+        del hooks[key]
+
+
 class FastRollouts:
     """TRL `rollout_func`: the policy samples its completions through StaticGenerator.
 
@@ -103,6 +117,7 @@ class FastRollouts:
 
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)  # TRL's own chat templating, so ids match its forward
         model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+        drop_leaked_input_grad_hooks(model)
         device = trainer.accelerator.device
         need = max(map(len, prompt_ids)) + trainer.max_completion_length
         if self.generator is None or len(prompt_ids) > self.generator.batch_size or need > self.generator.max_length:
