@@ -1,14 +1,14 @@
 """Where the compiled decode step's time goes, and what changes it (Gemma 3 1B shape, batch 128).
 
-1. Profile: the StaticGenerator decode step compiled by inductor *without* CUDA graphs (the same kernels
-   the graph replays), a few steps under torch.profiler: GPU time per step by kernel, against the step
-   time measured with CUDA graphs. If the kernel sum is close to the step time the GPU is the limit;
-   if it is far below, the host is.
-2. Variants, each compiled afresh with CUDA graphs and timed over full generate calls:
+1. Profile: the StaticGenerator decode step as inductor compiled it, called directly (the kernels its
+   CUDA graph replays), a few steps under torch.profiler: GPU time per step by kernel, against the step
+   time measured with the graph. If the kernel sum is close to the step time the GPU is the limit; if
+   it is far below, the host is.
+2. Variants, each compiled afresh and timed over full generate calls:
    - grouped_sdpa: the shipped attention (grouped-query SDPA; PyTorch picks cuDNN on the H100);
    - grouped_sdpa_efficient: the same with SDPA's memory-efficient kernel forced;
    - grouped_matmul: the same attention as two matmuls and a softmax, left to inductor to fuse;
-   - max_autotune: mode="max-autotune" (Triton matmul templates tuned per shape, CUDA graphs).
+   - max_autotune: inductor's mode="max-autotune-no-cudagraphs" (Triton matmul templates tuned per shape).
 
     python benchmarks/decode_variants.py --out $OUT/decode_variants.json
 """
@@ -31,7 +31,7 @@ parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--prompt", type=int, default=512)
 parser.add_argument("--new", type=int, default=256)
 parser.add_argument("--variants", default="grouped_sdpa,grouped_matmul,grouped_sdpa_efficient,max_autotune")
-parser.add_argument("--profile-steps", type=int, default=16)
+parser.add_argument("--profile-steps", type=int, default=8)
 parser.add_argument("--budget-s", type=float, default=500, help="skip variants once this much time has passed")
 parser.add_argument("--preset", default="gemma-3-1b")
 parser.add_argument("--out", required=True)
@@ -74,13 +74,13 @@ def save():
     Path(args.out).write_text(json.dumps(results, indent=2))
 
 
-def generator_for(variant, compile_mode="reduce-overhead"):
+def generator_for(variant):
     torch._dynamo.reset()  # every variant compiles from scratch
     if variant == "grouped_matmul":
         model.set_attn_implementation("grouped_matmul")
     else:
         use_grouped_attention(model)
-    mode = "max-autotune" if variant == "max_autotune" else compile_mode
+    mode = "max-autotune-no-cudagraphs" if variant == "max_autotune" else None
     return StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new, check_every=args.new,
                            grouped_attention=False, compile=DEVICE == "cuda", compile_mode=mode)
 
@@ -95,33 +95,23 @@ def run(generator, new, variant="grouped_sdpa"):
     t = time.perf_counter()
     with sdpa_kernel(backends, set_priority=True):
         out = generator.generate(ids, mask, max_new_tokens=new, eos_token_ids=[], pad_token_id=0)
+    queued = time.perf_counter() - t
     sync()
-    return out, time.perf_counter() - t
+    return out, time.perf_counter() - t, queued
 
 
-with torch.inference_mode():
-    # 1. kernel profile of the compiled step without CUDA graphs
-    generator = generator_for("grouped_sdpa", compile_mode=None)
-    run(generator, 8)  # compiles; the cache now holds prompt + 7 tokens
-    sync()
-
-    def step_args(slot):  # the decode inputs for the token going into cache slot `slot`
-        return (torch.zeros(args.batch, dtype=torch.long, device=DEVICE),
-                (torch.arange(args.prompt + args.new, device=DEVICE) <= slot).long().expand(args.batch, -1).contiguous(),
-                torch.full((args.batch,), slot, device=DEVICE), torch.tensor([slot], device=DEVICE),
-                torch.zeros(args.batch, dtype=torch.bool, device=DEVICE), torch.tensor([1], device=DEVICE),
-                torch.tensor(0, device=DEVICE), None, None)
-
-    # transformers' StaticCache writes at its own running count, so the steps must follow on from generate's
-    slots = range(args.prompt + 7, args.prompt + 8 + args.profile_steps)
-    inputs = [step_args(slot) for slot in slots]
-    generator._decode(*inputs[0])
-    sync()
+def profile_step(generator, steps):
+    """GPU time per decode step by kernel: the compiled step called directly, outside its CUDA graph."""
     from torch.profiler import ProfilerActivity, profile
 
+    for layer in generator.cache.layers:  # rewind the cache's write position, so the steps stay inside it
+        layer.cumulative_length.fill_(args.prompt)
+    inputs = generator._step_inputs(False)
+    generator._step(*inputs)
+    sync()
     with profile(activities=[ProfilerActivity.CUDA] if DEVICE == "cuda" else [ProfilerActivity.CPU]) as prof:
-        for step in inputs[1:]:
-            generator._decode(*step)
+        for _ in range(steps):
+            generator._step(*inputs)
         sync()
     per_kernel = defaultdict(lambda: [0.0, 0])
     for event in prof.events():
@@ -129,30 +119,31 @@ with torch.inference_mode():
             continue
         per_kernel[event.name][0] += event.device_time_total if DEVICE == "cuda" else event.cpu_time_total
         per_kernel[event.name][1] += 1
-    total_us = sum(t for t, _ in per_kernel.values())
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:30]
-    results["profile_no_cudagraphs"] = {
-        "kernel_ms_per_step": round(total_us / 1000 / args.profile_steps, 3),
-        "kernels_per_step": round(sum(n for _, n in per_kernel.values()) / args.profile_steps, 1),
-        "top": [{"kernel": name[:90], "us_per_step": round(t / args.profile_steps, 1), "calls_per_step": n / args.profile_steps}
-                for name, (t, n) in top]}
-    print(json.dumps(results["profile_no_cudagraphs"], indent=1), flush=True)
-    save()
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:12]
+    return {"kernel_ms_per_step": round(sum(t for t, _ in per_kernel.values()) / 1000 / steps, 3),
+            "kernels_per_step": round(sum(n for _, n in per_kernel.values()) / steps, 1),
+            "top": [{"kernel": name[:90], "us_per_step": round(t / steps, 1), "calls_per_step": n / steps}
+                    for name, (t, n) in top]}
 
-    # 2. variants with CUDA graphs
+
+with torch.inference_mode():
     for variant in args.variants.split(","):
         if time.perf_counter() - started > args.budget_s:
             results["variants"][variant] = "skipped: time budget"
             continue
         generator = generator_for(variant)
-        _, warmup = run(generator, 16, variant)  # compiles and captures the graph
+        _, warmup, _ = run(generator, 16, variant)  # compiles and captures the graph
         runs = [run(generator, args.new, variant) for _ in range(2)]
-        best = min(s for _, s in runs)
+        best = min(s for _, s, _ in runs)
         out = runs[-1][0]
         results["variants"][variant] = {
-            "warmup_call_s": round(warmup, 1), "seconds": [round(s, 3) for _, s in runs],
-            "ms_per_step": round(1000 * best / out.shape[1], 2), "new_tok_per_s": round(out.numel() / best)}
+            "warmup_call_s": round(warmup, 1), "seconds": [round(s, 3) for _, s, _ in runs],
+            # time for the host to queue every step; close to the total means the host is the limit
+            "host_queue_s": [round(h, 3) for _, _, h in runs],
+            "ms_per_step": round(1000 * best / out.shape[1], 2), "new_tok_per_s": round(out.numel() / best),
+            "profile": profile_step(generator, args.profile_steps)}
         print(variant, json.dumps(results["variants"][variant]), flush=True)
         save()
+        del generator
 save()
 print(json.dumps(results, indent=2))

@@ -110,3 +110,10 @@ def test_decode_loop_never_waits_for_the_gpu(tiny_model_dir):
         return sum("synchroniz" in str(w.message) for w in caught)
 
     assert syncs(8) == syncs(64)
+
+
+def test_fast_rollouts_follow_the_policy_through_the_cuda_graph(tiny_model_dir, tmp_path):
+    from test_training import check_fast_rollouts_follow_the_policy
+
+    check_fast_rollouts_follow_the_policy(ModelParams(name=str(tiny_model_dir), backend="transformers",
+                                                      dtype="float32"), tmp_path)

@@ -117,11 +117,11 @@ def test_hybrid_training_uses_the_learned_reward(tiny_model_params, tmp_path):
     assert run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl", tmp_path / "rm.joblib") != fingerprint
 
 
-def test_fast_rollouts_are_the_policys_own_tokens(tiny_model_params, tmp_path):
+def check_fast_rollouts_follow_the_policy(model_params, tmp_path):
     """At a near-zero temperature the fast rollouts must be the policy's greedy tokens, exactly as
-    model.generate gives them for each prompt alone, cut after the first EOS as TRL cuts them; and the
-    policy goes back to train mode (with gradient checkpointing on) afterwards."""
-    import torch
+    model.generate gives them for each prompt alone, cut after the first EOS as TRL cuts them, also after
+    the LoRA weights changed in place (as the optimizer changes them; on CUDA the decode step is a graph
+    recorded before the change); and the policy goes back to train mode afterwards."""
     from trl import GRPOTrainer
 
     from mcgrpo.prompts import build_messages
@@ -130,27 +130,39 @@ def test_fast_rollouts_are_the_policys_own_tokens(tiny_model_params, tmp_path):
     records = make_synthetic_mc(6, seed=3)
     tp = tiny_train_params(temperature=1e-6, max_completion_length=40, gradient_checkpointing=True,
                            per_device_train_batch_size=6, num_generations=2)
-    model, tok, peft_config = load_model(tiny_model_params, lora=tp.lora, seed=tp.seed)
+    model, tok, peft_config = load_model(model_params, lora=tp.lora, seed=tp.seed)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(tp), args=grpo_config(tp, tmp_path, False, "fast"),
                           train_dataset=grpo_dataset(records, tp.variant), processing_class=tok, peft_config=peft_config)
     rollouts = FastRollouts(longest_prompt_tokens(tok, records, tp.variant), grouped_attention=True)
     prompts = [build_messages(r, tp.variant) for r in records]
     trainer.model.train()
     first = rollouts(prompts, trainer)["completion_ids"]
+    with torch.no_grad():  # an optimizer step's worth of change, in place
+        torch.manual_seed(0)
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5 * torch.randn_like(param))
+    second = rollouts(prompts, trainer)["completion_ids"]
+    assert second != first  # the new weights were used
     # The untrained tiny model never says <end_of_turn>: make a token it does say an EOS, so the cut is exercised.
-    trainer.eos_token_ids = [*trainer.eos_token_ids, first[0][5]]
+    trainer.eos_token_ids = [*trainer.eos_token_ids, second[0][5]]
     out = rollouts(prompts, trainer)
     assert trainer.model.training and out["logprobs"] is None
     eos = set(trainer.eos_token_ids)
     assert any(len(ids) < tp.max_completion_length and ids[-1] in eos for ids in out["completion_ids"])
     trainer.model.eval()
+    device = next(trainer.model.parameters()).device
     for prompt_ids, completion in zip(out["prompt_ids"], out["completion_ids"], strict=True):
         with torch.no_grad():
-            new = trainer.model.generate(torch.tensor([prompt_ids]), max_new_tokens=tp.max_completion_length,
+            new = trainer.model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens=tp.max_completion_length,
                                          do_sample=False, eos_token_id=list(eos), pad_token_id=tok.pad_token_id)
         new = new[0, len(prompt_ids):].tolist()
         end = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
         assert completion == new[:end]
+
+
+def test_fast_rollouts_are_the_policys_own_tokens(tiny_model_params, tmp_path):
+    check_fast_rollouts_follow_the_policy(tiny_model_params, tmp_path)
 
 
 def test_grpo_with_fast_rollouts_trains_and_resumes(tiny_model_params, tmp_path):

@@ -1,14 +1,14 @@
-"""A static-shape decode loop: HF's StaticCache, one compiled decode step, no host sync per token.
+"""A static-shape decode loop: HF's StaticCache, one compiled decode step replayed as a CUDA graph.
 
 `model.generate` spends most of each decode step outside the GPU at Gemma 3 1B's size: Python
 logits processors and stopping criteria, and a device-to-host sync every token to ask whether all
-sequences are done. Here the whole step (forward, greedy or temperature sampling, bookkeeping of
-finished rows) is one function over fixed-shape tensors, so `torch.compile(mode="reduce-overhead")`
-turns it into a CUDA graph replayed once per token, and the host only checks for "all finished"
-every `check_every` tokens.
+sequences are done. Here the step (forward, then greedy or temperature sampling) is one compiled
+function over fixed-address tensors, recorded once as a CUDA graph and replayed once per token; the
+host only queues work, and checks for "all finished" every `check_every` tokens.
 
 Greedy output is token-for-token the same as `model.generate(do_sample=False)` on the same batch
-(tested on CPU, uncompiled). top-p/top-k are not supported: callers fall back to `generate`.
+(tested in float32 on CPU, and compiled with CUDA graphs on the GPU). top-p/top-k are not supported:
+callers fall back to `generate`.
 """
 
 import copy
@@ -71,12 +71,12 @@ def _positions(attention_mask):
 class StaticGenerator:
     """Generate for batches of left-padded prompts with a static KV cache.
 
-    One instance serves many batches of the same (batch size, max length) shape: the compiled graph and
-    the cache are reused, so compile time is paid once per instance, not per batch.
+    One instance serves many batches of the same (batch size, max length) shape: the compiled step, its
+    CUDA graphs and the cache are reused, so compile time is paid once per instance, not per batch.
     """
 
     def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32,
-                 grouped_attention: bool = True, compile_mode: str | None = "reduce-overhead"):
+                 grouped_attention: bool = True, cuda_graphs: bool | None = None, compile_mode: str | None = None):
         from transformers import StaticCache
 
         if grouped_attention and model.config.num_attention_heads != model.config.num_key_value_heads:
@@ -91,14 +91,25 @@ class StaticGenerator:
         cache_config.layer_types = ["full_attention"] * model.config.num_hidden_layers
         cache_config.sliding_window = None
         self.cache = StaticCache(config=cache_config, max_cache_len=max_length)
-        # Cache positions live on the device from the start: a fresh `torch.tensor([slot], device=...)` per
-        # token is a blocking host-to-device copy, which made the host wait for every step (on the H100 at
-        # the 1B shape: 4.0 ms of kernels took 7.0 ms per step).
-        self.slots = torch.arange(max_length, device=self.device)
         compile = self.device.type == "cuda" if compile is None else compile
-        # reduce-overhead: CUDA graphs. None (inductor without graphs) is for profiling the kernels.
-        self._decode = torch.compile(self._decode_step, mode=compile_mode, fullgraph=False) if compile \
-            else self._decode_step
+        self.cuda_graphs = compile and self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        # Inductor compiles the step; this class captures it in a CUDA graph itself. torch.compile's own CUDA
+        # graphs (mode="reduce-overhead") check every static input (each weight, each cache tensor) in Python on
+        # every call: on the H100 at the 1B shape the host took longer per token than the GPU's 4 ms of kernels.
+        # A replay here is one call. compile_mode (e.g. "max-autotune-no-cudagraphs") tunes the kernels.
+        self._step = torch.compile(self._next_raw_tokens, mode=compile_mode, fullgraph=True) if compile \
+            else self._next_raw_tokens
+        # The step's inputs live at fixed addresses, updated in place between steps: a CUDA graph replays reads
+        # of exactly these tensors. Nothing is copied from the host per token (a blocking copy per token made
+        # the host wait for every step).
+        long = dict(dtype=torch.long, device=self.device)
+        self._tokens = torch.zeros(batch_size, **long)
+        self._mask = torch.zeros((batch_size, max_length), **long)
+        self._positions = torch.zeros(batch_size, **long)
+        self._cache_position = torch.zeros(1, **long)
+        self._temperature = torch.ones((), device=self.device)
+        self._uniform = None  # (batch, vocab) noise for sampling, allocated on the first sampling call
+        self._graphs = {}  # sampling (bool) -> (CUDAGraph, its output tensor)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache_position):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -106,19 +117,47 @@ class StaticGenerator:
                           logits_to_keep=1).logits[:, -1, :]
 
     @staticmethod
-    def _next_tokens(logits, finished, eos, pad, temperature, noise):
-        """The next token per row (pad for finished rows) and the updated finished flags."""
-        if temperature is None:
-            tokens = logits.argmax(-1)
-        else:  # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample from softmax(logits / T).
-            tokens = (logits.float() / temperature + noise).argmax(-1)
-        tokens = torch.where(finished, pad, tokens)
-        return tokens, finished | torch.isin(tokens, eos)
+    def _pick(logits, temperature, uniform):
+        """Greedy tokens, or (uniform noise given) a sample from softmax(logits / T) by the Gumbel-max trick."""
+        if uniform is None:
+            return logits.argmax(-1)
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-10)))
+        return (logits.float() / temperature + gumbel).argmax(-1)
 
-    def _decode_step(self, tokens, attention_mask, position_ids, cache_position, finished, eos, pad, temperature,
-                     noise):
-        logits = self._forward(tokens[:, None], attention_mask, position_ids[:, None], cache_position)
-        return self._next_tokens(logits, finished, eos, pad, temperature, noise)
+    def _next_raw_tokens(self, tokens, attention_mask, positions, cache_position, temperature, uniform):
+        logits = self._forward(tokens[:, None], attention_mask, positions[:, None], cache_position)
+        return self._pick(logits, temperature, uniform)
+
+    def _step_inputs(self, sampling: bool):
+        return (self._tokens, self._mask, self._positions, self._cache_position,
+                self._temperature if sampling else None, self._uniform if sampling else None)
+
+    def _capture(self, sampling: bool):
+        """Compile the step, then record it as a CUDA graph; the cache is left as it was found."""
+        inputs = self._step_inputs(sampling)
+        written = [layer.cumulative_length.clone() for layer in self.cache.layers]  # the next free cache slot
+        stream = torch.cuda.Stream(device=self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # warm-up on a side stream, as CUDA graph capture requires
+            for _ in range(2):
+                self._step(*inputs)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self._step(*inputs)
+        # The warm-up steps wrote junk into the next cache slots: rewind, and the real steps overwrite it.
+        for layer, slot in zip(self.cache.layers, written):
+            layer.cumulative_length.copy_(slot)
+        return graph, output
+
+    def _decode(self, sampling: bool) -> torch.Tensor:
+        if not self.cuda_graphs:
+            return self._step(*self._step_inputs(sampling))
+        if sampling not in self._graphs:
+            self._graphs[sampling] = self._capture(sampling)
+        graph, output = self._graphs[sampling]
+        graph.replay()
+        return output  # overwritten by the next replay: read it before then
 
     @torch.inference_mode()
     def generate(self, input_ids, attention_mask, *, max_new_tokens: int, eos_token_ids, pad_token_id: int,
@@ -126,7 +165,8 @@ class StaticGenerator:
         """New tokens (batch, n <= max_new_tokens); rows that finished early are padded with pad_token_id.
 
         input_ids/attention_mask: left-padded (batch, prompt_len) with batch <= batch_size and
-        prompt_len + max_new_tokens <= max_length.
+        prompt_len + max_new_tokens <= max_length. Sampling noise comes from `generator`, else from torch's
+        global RNG.
         """
         n, prompt_len = input_ids.shape
         if n > self.batch_size or prompt_len + max_new_tokens > self.max_length:
@@ -135,39 +175,44 @@ class StaticGenerator:
         # Pad the batch to the compiled shape (extra rows are pads, finished from the start).
         rows = self.batch_size
         ids = torch.full((rows, prompt_len), pad_token_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((rows, self.max_length), dtype=torch.long, device=self.device)
         ids[:n] = input_ids.to(self.device)
+        mask = self._mask
+        mask.zero_()
         mask[:n, :prompt_len] = attention_mask.to(self.device)
         mask[n:, prompt_len - 1] = 1  # a dummy row attends to one slot, so no row is all masked
         self.cache.reset()
-        eos = torch.tensor(sorted(eos_token_ids), device=self.device)
-        pad = torch.tensor(pad_token_id, device=self.device)
-        temp = None if temperature <= 0 else torch.tensor(temperature, device=self.device)
-        vocab = self.model.config.vocab_size
+        eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=self.device)
+        sampling = temperature > 0
+        if sampling:
+            self._temperature.fill_(temperature)
+            if self._uniform is None:
+                self._uniform = torch.empty((rows, self.model.config.vocab_size), device=self.device)
 
         def noise():
-            if temp is None:
-                return None
-            u = torch.rand((rows, vocab), device=self.device, generator=generator).clamp_(1e-10, 1.0)
-            return -torch.log(-torch.log(u))
+            if sampling:
+                torch.rand(self._uniform.shape, out=self._uniform, generator=generator, device=self.device)
+            return self._uniform if sampling else None
 
         # Prefill (eager: its shape changes with the prompt length).
         positions = _positions(mask[:, :prompt_len])
         logits = self._forward(ids, mask[:, :prompt_len], positions, torch.arange(prompt_len, device=self.device))
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
         finished[n:] = True
-        tokens, finished = self._next_tokens(logits, finished, eos, pad, temp, noise())
+        tokens = torch.where(finished, pad_token_id, self._pick(logits, self._temperature, noise()))
+        finished = finished | torch.isin(tokens, eos)
         out = [tokens]
-        next_position = positions[:, -1] + 1
+        self._tokens.copy_(tokens)
+        self._positions.copy_(positions[:, -1] + 1)
+        self._cache_position.fill_(prompt_len)
         for step in range(1, max_new_tokens):
-            slot = prompt_len + step - 1  # the cache slot the previous token goes into
-            mask[:, slot] = 1
-            cache_position = self.slots[slot:slot + 1]
-            tokens, finished = self._decode(tokens.clone(), mask, next_position.clone(), cache_position, finished.clone(),
-                                            eos, pad, temp, noise())
-            tokens, finished = tokens.clone(), finished.clone()  # CUDA-graph outputs are overwritten by the next replay
+            mask[:, prompt_len + step - 1] = 1  # the previous token's cache slot
+            noise()
+            tokens = torch.where(finished, pad_token_id, self._decode(sampling))
+            finished = finished | torch.isin(tokens, eos)
             out.append(tokens)
-            next_position = next_position + 1
+            self._tokens.copy_(tokens)
+            self._positions.add_(1)
+            self._cache_position.add_(1)
             if step % self.check_every == 0 and bool(finished.all()):  # the only host sync
                 break
         return torch.stack(out, dim=1)[:n]
