@@ -4,11 +4,10 @@
    CUDA graph replays), a few steps under torch.profiler: GPU time per step by kernel, against the step
    time measured with the graph. If the kernel sum is close to the step time the GPU is the limit; if
    it is far below, the host is.
-2. Variants, each compiled afresh and timed over full generate calls:
-   - grouped_sdpa: the shipped attention (grouped-query SDPA; PyTorch picks cuDNN on the H100);
-   - grouped_sdpa_efficient: the same with SDPA's memory-efficient kernel forced;
-   - grouped_matmul: the same attention as two matmuls and a softmax, left to inductor to fuse;
-   - max_autotune: inductor's mode="max-autotune-no-cudagraphs" (Triton matmul templates tuned per shape).
+2. Variants, each compiled afresh and timed over full generate calls, and over bare graph replays:
+   - grouped: the shipped attention (grouped-query; matmuls for one-token decode steps, SDPA otherwise);
+   - grouped_sdpa: the same but SDPA for decode steps too (PyTorch picks cuDNN's kernel on the H100);
+   - max_autotune: grouped, compiled with mode="max-autotune-no-cudagraphs" (Triton matmuls tuned per shape).
 
     python benchmarks/decode_variants.py --out $OUT/decode_variants.json
 """
@@ -30,7 +29,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--prompt", type=int, default=512)
 parser.add_argument("--new", type=int, default=256)
-parser.add_argument("--variants", default="grouped_sdpa,grouped_matmul,grouped_sdpa_efficient,max_autotune")
+parser.add_argument("--variants", default="grouped,grouped_sdpa")
 parser.add_argument("--profile-steps", type=int, default=8)
 parser.add_argument("--budget-s", type=float, default=500, help="skip variants once this much time has passed")
 parser.add_argument("--preset", default="gemma-3-1b")
@@ -42,17 +41,14 @@ from transformers import AttentionInterface, Gemma3ForCausalLM, Gemma3TextConfig
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
 
 
-def grouped_matmul(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     q, mask = grouped_query_and_mask(query, key, attention_mask, is_causal)
-    scores = torch.matmul(q, key.transpose(-1, -2)) * scaling
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(value.dtype), value)
+    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(query.shape).transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register("grouped_matmul", grouped_matmul)
-AttentionMaskInterface.register("grouped_matmul", sdpa_mask)
+AttentionInterface.register("grouped_sdpa", grouped_sdpa)
+AttentionMaskInterface.register("grouped_sdpa", sdpa_mask)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this script (tiny preset)
 torch.manual_seed(0)
@@ -76,8 +72,8 @@ def save():
 
 def generator_for(variant):
     torch._dynamo.reset()  # every variant compiles from scratch
-    if variant == "grouped_matmul":
-        model.set_attn_implementation("grouped_matmul")
+    if variant == "grouped_sdpa":
+        model.set_attn_implementation("grouped_sdpa")
     else:
         use_grouped_attention(model)
     mode = "max-autotune-no-cudagraphs" if variant == "max_autotune" else None
@@ -85,19 +81,28 @@ def generator_for(variant):
                            grouped_attention=False, compile=DEVICE == "cuda", compile_mode=mode)
 
 
-def run(generator, new, variant="grouped_sdpa"):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    # the SDPA backend is chosen when the step is traced: forcing it around every call fixes it in the graph
-    backends = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH] if variant == "grouped_sdpa_efficient" else \
-        [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+def run(generator, new):
     sync()
     t = time.perf_counter()
-    with sdpa_kernel(backends, set_priority=True):
-        out = generator.generate(ids, mask, max_new_tokens=new, eos_token_ids=[], pad_token_id=0)
+    out = generator.generate(ids, mask, max_new_tokens=new, eos_token_ids=[1], pad_token_id=0)  # 1: never sampled
     queued = time.perf_counter() - t
     sync()
     return out, time.perf_counter() - t, queued
+
+
+def replay_only_ms(generator, replays=64):
+    """GPU time per replay of the greedy decode graph alone (no per-token bookkeeping between replays)."""
+    if not generator._graphs:
+        return None
+    for layer in generator.cache.layers:  # rewind the cache's write position, so the replays stay inside it
+        layer.cumulative_length.fill_(args.prompt)
+    graph = generator._graphs[False][0]
+    sync()
+    t = time.perf_counter()
+    for _ in range(replays):
+        graph.replay()
+    sync()
+    return round(1000 * (time.perf_counter() - t) / replays, 3)
 
 
 def profile_step(generator, steps):
@@ -132,8 +137,8 @@ with torch.inference_mode():
             results["variants"][variant] = "skipped: time budget"
             continue
         generator = generator_for(variant)
-        _, warmup, _ = run(generator, 16, variant)  # compiles and captures the graph
-        runs = [run(generator, args.new, variant) for _ in range(2)]
+        _, warmup, _ = run(generator, 16)  # compiles and captures the graph
+        runs = [run(generator, args.new) for _ in range(2)]
         best = min(s for _, s, _ in runs)
         out = runs[-1][0]
         results["variants"][variant] = {
@@ -141,6 +146,7 @@ with torch.inference_mode():
             # time for the host to queue every step; close to the total means the host is the limit
             "host_queue_s": [round(h, 3) for _, _, h in runs],
             "ms_per_step": round(1000 * best / out.shape[1], 2), "new_tok_per_s": round(out.numel() / best),
+            "replay_only_ms": replay_only_ms(generator),
             "profile": profile_step(generator, args.profile_steps)}
         print(variant, json.dumps(results["variants"][variant]), flush=True)
         save()

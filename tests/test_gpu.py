@@ -95,16 +95,18 @@ def test_decode_loop_never_waits_for_the_gpu(tiny_model_dir):
     from mcgrpo.fast_generation import StaticGenerator
 
     model, tok, _ = load_model(ModelParams(name=str(tiny_model_dir), backend="transformers"))
-    ids = torch.randint(10, 100, (4, 32), device="cuda")
-    generator = StaticGenerator(model, batch_size=4, max_length=32 + 64, check_every=1000)
-    generator.generate(ids, torch.ones_like(ids), max_new_tokens=64, eos_token_ids=[1], pad_token_id=0)  # compile
+    # 32 rows and 2 EOS ids: enough for torch.isin to take its sorting path, which syncs (it did, per token)
+    ids = torch.randint(10, 100, (32, 32), device="cuda")
+    generator = StaticGenerator(model, batch_size=32, max_length=32 + 64, check_every=1000)
+    generator.generate(ids, torch.ones_like(ids), max_new_tokens=64, eos_token_ids=[1, 2], pad_token_id=0)  # compile
 
     def syncs(new_tokens):
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                generator.generate(ids, torch.ones_like(ids), max_new_tokens=new_tokens, eos_token_ids=[1], pad_token_id=0)
+                generator.generate(ids, torch.ones_like(ids), max_new_tokens=new_tokens, eos_token_ids=[1, 2],
+                                   pad_token_id=0)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         return sum("synchroniz" in str(w.message) for w in caught)

@@ -175,16 +175,18 @@ def test_grpo_with_fast_rollouts_trains_and_resumes(tiny_model_params, tmp_path)
     assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
 
 
-def test_leaked_input_grad_hooks_are_dropped(tiny_model_params):
-    from mcgrpo.training import drop_leaked_input_grad_hooks
+def test_input_grad_hooks_removed_for_rollouts_and_one_put_back(tiny_model_params):
+    from mcgrpo.training import input_grad_hooks_removed
 
     model, _, _ = load_model(tiny_model_params)
+    model.requires_grad_(False)  # as under LoRA: only the hook makes the embeddings' output require grad
     for _ in range(3):  # what TRL does around every log-prob pass: one more hook each time
         model.gradient_checkpointing_disable()
         model.gradient_checkpointing_enable()
-    hooks = model.get_input_embeddings()._forward_hooks
-    assert len(hooks) == 3
-    drop_leaked_input_grad_hooks(model)
-    assert len(hooks) == 1
-    out = model.get_input_embeddings()(torch.tensor([[1, 2]]))
-    assert out.requires_grad  # the hook that is kept still does its job
+    embeddings = model.get_input_embeddings()
+    assert len(embeddings._forward_hooks) == 3
+    with input_grad_hooks_removed(model):
+        assert len(embeddings._forward_hooks) == 0
+        assert not embeddings(torch.tensor([[1, 2]])).requires_grad
+    assert len(embeddings._forward_hooks) == 1
+    assert embeddings(torch.tensor([[1, 2]])).requires_grad  # the hook put back still does its job

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -82,18 +83,25 @@ def longest_prompt_tokens(tokenizer, records: list[dict], variant: str) -> int:
                                                  tokenize=True, return_dict=True)["input_ids"]) for r in records)
 
 
-def drop_leaked_input_grad_hooks(model) -> None:
-    """Keep just one of the input-embedding hooks that make the embeddings' output require grad.
+@contextmanager
+def input_grad_hooks_removed(model):
+    """Run with none of the input-embedding hooks that make the embeddings' output require grad; put one back.
 
-    TRL 1.15 turns gradient checkpointing off and on around every log-prob pass, and each
-    `gradient_checkpointing_enable` (transformers 5.17) registers one more such hook: one per step. The
-    compiled decode step guards on the number of hooks, so without this the rollout graph was compiled
-    afresh every step (found on CPU with compile forced on; the GPU test checks it stays compiled once).
+    Those hooks only matter for backward passes. Inside the compiled rollout step Dynamo cannot trace their
+    `requires_grad_` call (fullgraph). They also leak: TRL 1.15 turns gradient checkpointing off and on around
+    every log-prob pass, and each `gradient_checkpointing_enable` (transformers 5.17) adds one more, so
+    training with many steps piles them up; one is enough, and one is what comes back.
     """
     hooks = model.get_input_embeddings()._forward_hooks
-    leaked = [key for key, hook in hooks.items() if getattr(hook, "__name__", "") == "make_inputs_require_grads"]
-    for key in leaked[:-1]:
+    removed = {key: hook for key, hook in hooks.items() if getattr(hook, "__name__", "") == "make_inputs_require_grads"}
+    for key in removed:
         del hooks[key]
+    try:
+        yield
+    finally:
+        if removed:
+            newest = max(removed)  # the one the model's own handle refers to
+            hooks[newest] = removed[newest]
 
 
 class FastRollouts:
@@ -117,7 +125,6 @@ class FastRollouts:
 
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)  # TRL's own chat templating, so ids match its forward
         model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-        drop_leaked_input_grad_hooks(model)
         device = trainer.accelerator.device
         need = max(map(len, prompt_ids)) + trainer.max_completion_length
         if self.generator is None or len(prompt_ids) > self.generator.batch_size or need > self.generator.max_length:
@@ -135,7 +142,8 @@ class FastRollouts:
         was_training = model.training
         model.eval()
         try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(trainer.args.bf16)):
+            with input_grad_hooks_removed(model), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(trainer.args.bf16)):
                 new_tokens = self.generator.generate(
                     input_ids.to(device), attention_mask.to(device), max_new_tokens=trainer.max_completion_length,
                     eos_token_ids=trainer.eos_token_ids, pad_token_id=pad, temperature=trainer.temperature).tolist()
