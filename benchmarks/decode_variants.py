@@ -105,6 +105,24 @@ def replay_only_ms(generator, replays=64):
     return round(1000 * (time.perf_counter() - t) / replays, 3)
 
 
+def profile_loop(generator, steps=32):
+    """Host and GPU time of whole generate steps (graph replay plus per-token bookkeeping), by op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    sync()
+    t = time.perf_counter()
+    with profile(activities=activities) as prof:
+        generator.generate(ids, mask, max_new_tokens=steps + 1, eos_token_ids=[1], pad_token_id=0)
+        sync()
+    wall = time.perf_counter() - t
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+    return {"wall_ms_per_step": round(1000 * wall / steps, 3),
+            "host_top": [{"op": e.key[:60], "self_cpu_us_per_step": round(e.self_cpu_time_total / steps, 1),
+                          "gpu_us_per_step": round(e.self_device_time_total / steps, 1), "calls_per_step": e.count / steps}
+                         for e in rows]}
+
+
 def profile_step(generator, steps):
     """GPU time per decode step by kernel: the compiled step called directly, outside its CUDA graph."""
     from torch.profiler import ProfilerActivity, profile
@@ -147,6 +165,7 @@ with torch.inference_mode():
             "host_queue_s": [round(h, 3) for _, _, h in runs],
             "ms_per_step": round(1000 * best / out.shape[1], 2), "new_tok_per_s": round(out.numel() / best),
             "replay_only_ms": replay_only_ms(generator),
+            "loop_profile": profile_loop(generator),
             "profile": profile_step(generator, args.profile_steps)}
         print(variant, json.dumps(results["variants"][variant]), flush=True)
         save()

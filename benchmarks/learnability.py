@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mcgrpo.data.synthetic import make_synthetic_mc  # noqa: E402
 from mcgrpo.fileio import write_jsonl  # noqa: E402
@@ -25,6 +27,11 @@ from mcgrpo.training import run_fingerprint, train_grpo  # noqa: E402
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=150)
 parser.add_argument("--lr", type=float, default=5e-4)
+parser.add_argument("--variant", default="cot", help="direct: the answer is the first token (denser signal)")
+parser.add_argument("--prompts", type=int, default=2, help="questions per step (x 8 completions each)")
+parser.add_argument("--completion-tokens", type=int, default=24)
+parser.add_argument("--preset", default="tiny")
+parser.add_argument("--warm-start-steps", type=int, default=200)
 parser.add_argument("--out", required=True)
 parser.add_argument("--work", default="/tmp/mcgrpo-learnability")
 args = parser.parse_args()
@@ -32,15 +39,17 @@ args = parser.parse_args()
 out, work = Path(args.out), Path(args.work)
 out.mkdir(parents=True, exist_ok=True)
 t0 = time.perf_counter()
-model_dir = build_tiny_model(work / "tiny", warm_start_steps=200)
+model_dir = build_tiny_model(work / args.preset, preset=args.preset, warm_start_steps=args.warm_start_steps)
 records = [{**r, "source": "synthetic", "context": f"{r['context']} The correct option is {r['answer']}."}
            for r in make_synthetic_mc(400, seed=7)]
 write_jsonl(work / "train.jsonl", records)
 mp = ModelParams(name=str(model_dir), backend="transformers", dtype="float32")
-tp = TrainParams(max_steps=args.steps, learning_rate=args.lr, warmup_steps=0, per_device_train_batch_size=16,
-                 gradient_accumulation_steps=1, num_generations=8, max_completion_length=24, temperature=1.0,
-                 beta=0.0, save_steps=10_000, lora={"r": 16, "alpha": 32}, gradient_checkpointing=False,
-                 reward_weights={"correct": 1.0, "format": 0.2}, logging_steps=1, seed=0)
+# direct answers carry no <reasoning>/<answer> tags, so only correctness is rewarded there
+rewards = {"correct": 1.0, "format": 0.2} if args.variant == "cot" else {"correct": 1.0}
+tp = TrainParams(max_steps=args.steps, learning_rate=args.lr, warmup_steps=0, per_device_train_batch_size=8 * args.prompts,
+                 gradient_accumulation_steps=1, num_generations=8, max_completion_length=args.completion_tokens,
+                 temperature=1.0, beta=0.0, save_steps=10_000, lora={"r": 16, "alpha": 32}, gradient_checkpointing=False,
+                 reward_weights=rewards, logging_steps=1, seed=0, variant=args.variant)
 model, tokenizer, peft_config = load_model(mp, lora=tp.lora, seed=tp.seed)
 summary = train_grpo(model, tokenizer, peft_config, records, tp, checkpoints=work / "ckpt", adapter_out=work / "adapter",
                      live_dir=work / "live", fingerprint=run_fingerprint(tp, mp, work / "train.jsonl"), bf16=False)
@@ -49,9 +58,12 @@ rows = [line.split("\t") for line in (work / "live/plots/metrics/reward.tsv").re
 steps, rewards = [int(r[0]) for r in rows], [float(r[-1]) for r in rows]
 (out / "reward_curve.csv").write_text("step,reward\n" + "".join(f"{s},{r}\n" for s, r in zip(steps, rewards)))
 first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
-result = {"steps": len(steps), "lr": args.lr, "reward_first10": round(first, 3), "reward_last10": round(last, 3),
-          "chance_reward": round(0.25 * 1.0 + 0.2 * 0.9, 3), "max_reward": 1.2, "seconds": round(time.perf_counter() - t0),
-          "summary": summary}
+max_reward = sum(tp.reward_weights.values())
+result = {"steps": len(steps), "lr": args.lr, "variant": args.variant, "prompts_per_step": args.prompts,
+          "completion_tokens": args.completion_tokens, "preset": args.preset, "reward_first10": round(first, 3),
+          "reward_last10": round(last, 3), "chance_accuracy": 0.25, "max_reward": max_reward,
+          "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+          "seconds": round(time.perf_counter() - t0), "summary": summary}
 (out / "learnability.json").write_text(json.dumps(result, indent=2))
 import matplotlib  # noqa: E402
 
@@ -63,7 +75,7 @@ ax.plot(steps, rewards, lw=1, alpha=0.5, label="mean reward per step")
 window = 10
 smooth = [sum(rewards[max(0, i - window + 1):i + 1]) / len(rewards[max(0, i - window + 1):i + 1]) for i in range(len(rewards))]
 ax.plot(steps, smooth, lw=2, label=f"{window}-step average")
-ax.axhline(1.2, ls="--", color="grey", lw=1, label="max (right letter, in format)")
+ax.axhline(max_reward, ls="--", color="grey", lw=1, label="max reward")
 ax.set_xlabel("GRPO step")
 ax.set_ylabel("reward")
 ax.set_title("Learnability: the answer letter is in the passage")

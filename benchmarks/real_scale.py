@@ -26,6 +26,8 @@ from mcgrpo.modeling import build_tiny_model  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--race", required=True)
+parser.add_argument("--race-train", help="train questions from another split (then --race is the eval split, whole "
+                                         "if --n-eval 0)")
 parser.add_argument("--backend", default="transformers", choices=["transformers", "unsloth"])
 parser.add_argument("--out", required=True)
 parser.add_argument("--work", default="/tmp/mcgrpo-real-scale")
@@ -50,10 +52,16 @@ shutil.rmtree(work, ignore_errors=True)  # a warm machine keeps /tmp between cal
 work.mkdir(parents=True)
 shutil.copytree(ROOT / "stages", work / "stages")
 shutil.copytree(ROOT / "configs", work / "configs")
-shutil.copy(args.race, work / "race.jsonl")
+if args.race_train:
+    shutil.copy(args.race, work / "race_test.jsonl")
+    shutil.copy(args.race_train, work / "race_train.jsonl")
+else:
+    shutil.copy(args.race, work / "race.jsonl")
+data = {"path": "race_{split}.jsonl", "train_split": "train", "eval_split": "test"} if args.race_train else \
+    {"path": "race.jsonl"}
 params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {
     "model": {"name": str(model_dir), "backend": args.backend, "dtype": "bfloat16" if args.preset != "tiny" else "auto"},
-    "prepare": {"source": "table", "path": "race.jsonl", "config": None, "n_train": 64, "n_eval": args.n_eval,
+    "prepare": {"source": "table", **data, "config": None, "n_train": 64, "n_eval": args.n_eval or None,
                 "max_prompt_tokens": 1024,
                 "fields": {"id": "id", "context": "context", "question": "question", "options": "options",
                            "answer": "answer", "answer_format": "letter", "source": "source"}},

@@ -76,3 +76,26 @@ def test_the_eval_helper_gives_the_same_answers_with_either_engine(model_and_tok
     hf = generate(model, tok, prompts, batch_size=4, max_new_tokens=12, engine="hf")
     static = generate(model, tok, prompts, batch_size=4, max_new_tokens=12, engine="static")
     assert hf == static
+
+
+def test_one_generator_serves_every_prompt_variant(model_and_tokenizer, records, monkeypatch):
+    """Compile time is paid once per stage run: baseline/evaluate build one StaticGenerator for all variants,
+    and its answers are those of the hf engine."""
+    from mcgrpo import fast_generation
+    from mcgrpo.evaluation import answer_eval_set
+    from mcgrpo.params import EvalParams
+
+    model, tok = model_and_tokenizer
+    built = []
+    original = fast_generation.StaticGenerator.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(kwargs["max_length"])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(fast_generation.StaticGenerator, "__init__", counting_init)
+    settings = dict(mode="generate", variants=["direct", "cot"], batch_size=4, max_new_tokens=8)
+    static = answer_eval_set(model, tok, records, EvalParams(engine="static", **settings), "base")
+    hf = answer_eval_set(model, tok, records, EvalParams(engine="hf", **settings), "base")
+    assert len(built) == 1
+    assert [r["completion"] for r in static] == [r["completion"] for r in hf]

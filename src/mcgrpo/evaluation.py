@@ -5,7 +5,7 @@ import time
 import torch
 
 from mcgrpo.data.stats import question_kind
-from mcgrpo.generation import generate
+from mcgrpo.generation import generate, static_generator_for
 from mcgrpo.loglik import loglik_rows
 from mcgrpo.prompts import render_prompt
 from mcgrpo.rewards import reasoning_text, score_completion
@@ -19,12 +19,17 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str)
     rows = []
     if ep.mode in ("loglik", "both"):
         rows += loglik_rows(model, tokenizer, records, ep.batch_size, model_label, question_kind)
-    for variant in (ep.variants if ep.mode in ("generate", "both") else []):
-        prompts = [render_prompt(tokenizer, r, variant) for r in records]
+    variants = ep.variants if ep.mode in ("generate", "both") else []
+    prompts_by_variant = {v: [render_prompt(tokenizer, r, v) for r in records] for v in variants}
+    # One generator for every variant, sized for the longest prompt of any: compiled once per stage run.
+    static = static_generator_for(model, tokenizer, [p for ps in prompts_by_variant.values() for p in ps],
+                                  batch_size=min(ep.batch_size, len(records)), max_new_tokens=ep.max_new_tokens, engine=ep.engine,
+                                  top_p=ep.top_p)
+    for variant, prompts in prompts_by_variant.items():
         start = time.perf_counter()
         outputs = generate(model, tokenizer, prompts, batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,
                            temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed, engine=ep.engine,
-                           desc=f"{model_label} / {variant}")
+                           desc=f"{model_label} / {variant}", static=static)
         seconds = time.perf_counter() - start
         new_tokens = sum(o["n_tokens"] for o in outputs)
         memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""

@@ -3,9 +3,11 @@
 Prompts are sorted by length so each batch carries little padding, generated with left padding,
 and returned in the caller's order. Greedy unless a temperature > 0 is given.
 
-Two engines: "hf" is `model.generate`; "static" is the project's StaticGenerator (a static KV cache
-and one compiled decode step, CUDA only, no top-p), built once per call (one call per prompt variant)
-and reused for every batch, so its compile time is paid per call, not per batch. "auto" picks static on CUDA when top_p is 1.
+Two engines: "hf" is `model.generate`; "static" is the project's StaticGenerator (a static KV cache,
+compiled prefill and decode step, a CUDA graph per token; no top-p), built once and reused for every
+batch. Callers with several prompt lists (one per prompt variant) build it once with
+`static_generator_for` and pass it to every call, so its compile time is paid once per stage run.
+"auto" picks static on CUDA when top_p is 1.
 """
 
 import torch
@@ -18,24 +20,43 @@ def resolve_engine(engine: str, device: torch.device, top_p: float) -> str:
     return engine
 
 
+def _token_counts(tokenizer, prompts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+
+def static_generator_for(model, tokenizer, prompts: list[str], *, batch_size: int, max_new_tokens: int, engine="auto",
+                         top_p=1.0):
+    """One StaticGenerator that fits every prompt given (e.g. all variants'), or None where engine isn't static."""
+    device = next(model.parameters()).device
+    if not prompts or resolve_engine(engine, device, top_p) != "static":
+        return None
+    from mcgrpo.fast_generation import StaticGenerator
+
+    return StaticGenerator(model, batch_size=min(batch_size, len(prompts)),
+                           max_length=max(_token_counts(tokenizer, prompts)) + max_new_tokens)
+
+
 def generate(model, tokenizer, prompts: list[str], *, batch_size=16, max_new_tokens=256, temperature=0.0,
-             top_p=1.0, seed=0, desc="generating", engine="auto") -> list[dict]:
-    """[{"text", "n_tokens", "finished"}] per prompt; text has special tokens removed."""
+             top_p=1.0, seed=0, desc="generating", engine="auto", static=None) -> list[dict]:
+    """[{"text", "n_tokens", "finished"}] per prompt; text has special tokens removed.
+
+    static: a StaticGenerator from static_generator_for to reuse (engine static); else one is built here.
+    """
     torch.manual_seed(seed)
     stop_ids = set(model.generation_config.eos_token_id or [])
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    lengths = _token_counts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: OOM shows up at once
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
         {"do_sample": False}
     results = [None] * len(prompts)
     device = next(model.parameters()).device
     engine = resolve_engine(engine, device, top_p)
-    static = None
-    if engine == "static" and prompts:
-        from mcgrpo.fast_generation import StaticGenerator
-
-        static = StaticGenerator(model, batch_size=min(batch_size, len(prompts)),
-                                 max_length=max(lengths) + max_new_tokens)
+    if engine != "static":
+        static = None
+    elif static is None and prompts:
+        static = static_generator_for(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                      engine=engine, top_p=top_p)
+    if static is not None:
         rng = torch.Generator(device=device).manual_seed(seed)
     with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar, torch.inference_mode():
         for start in range(0, len(order), batch_size):
