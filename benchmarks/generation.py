@@ -27,6 +27,7 @@ parser.add_argument("--new", type=int, default=256)
 parser.add_argument("--repeats", type=int, default=2)
 parser.add_argument("--engines", default="hf_dynamic,hf_static,static_generator,static_generator_sampling")
 parser.add_argument("--preset", default="gemma-3-1b")
+parser.add_argument("--compile-prefill", action="store_true", help="StaticGenerator compiles its prefill too")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
@@ -41,6 +42,7 @@ model.generation_config.pad_token_id = 0
 ids = torch.randint(10, config.vocab_size, (args.batch, args.prompt), device=DEVICE)
 mask = torch.ones_like(ids)
 results = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "batch": args.batch,
+           "compile_prefill": args.compile_prefill,
            "prompt_tokens": args.prompt, "new_tokens": args.new, "engines": {}}
 print(json.dumps({k: v for k, v in results.items() if k != "engines"}), flush=True)
 
@@ -86,7 +88,7 @@ with torch.inference_mode():
     if "static_generator" in engines or "static_generator_sampling" in engines:
         t = time.perf_counter()
         generator = StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new,
-                                    check_every=args.new)  # the benchmark never stops early: skip the syncs
+                                    check_every=args.new, compile_prefill=args.compile_prefill)  # the benchmark never stops early: skip the syncs
         results["static_generator_setup_s"] = round(time.perf_counter() - t, 1)
         if "static_generator" in engines:
             outputs["static_generator"] = record("static_generator", lambda: generator.generate(

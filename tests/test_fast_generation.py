@@ -14,9 +14,29 @@ def model_and_tokenizer(tiny_model_params):
 
 
 def hf_greedy(model, enc, max_new_tokens, eos, pad):
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_k=None, eos_token_id=eos,
-                         pad_token_id=pad)
+    """The reference: model.generate with HF's own sdpa attention (a StaticGenerator switches the model to its
+    grouped attention, so without this the reference would share the code under test)."""
+    attention = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    try:
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_k=None, eos_token_id=eos,
+                             pad_token_id=pad)
+    finally:
+        model.set_attn_implementation(attention)
     return out[:, enc["input_ids"].shape[1]:]
+
+
+def test_greedy_equals_hf_generate_on_an_unpadded_batch(model_and_tokenizer):
+    """No row padded: HF then leaves the prefill's causal mask out, while the static cache's keys run past the
+    prompt; the grouped attention once aligned its own causal mask to the cache's end and got this wrong."""
+    model, tok = model_and_tokenizer
+    ids = torch.randint(5, len(tok), (3, 40), generator=torch.Generator().manual_seed(0))
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    reference = hf_greedy(model, enc, 20, [], tok.pad_token_id)
+    generator = StaticGenerator(model, batch_size=3, max_length=40 + 20)
+    ours = generator.generate(ids, enc["attention_mask"], max_new_tokens=20, eos_token_ids=[],
+                              pad_token_id=tok.pad_token_id)
+    assert torch.equal(ours, reference)
 
 
 def test_greedy_equals_hf_generate_on_padded_batches_and_early_stops(model_and_tokenizer):

@@ -33,9 +33,12 @@ def grouped_query_and_mask(query, key, attention_mask, is_causal=None):
         mask = mask.unsqueeze(2).expand(b, mask.shape[1], group, q_len, mask.shape[-1])
         mask = mask.reshape(b, mask.shape[1], group * q_len, mask.shape[-1])
     elif q_len > 1 and (is_causal if is_causal is not None else True):
-        # rows are (head, position) pairs now: spell the causal mask out per row
+        # Rows are (head, position) pairs now: spell the causal mask out per row, aligned as SDPA's is_causal
+        # aligns it (query i sees keys 0..i). HF leaves the mask out for an unpadded prefill into a static
+        # cache, whose keys run past the prompt to the cache's end; aligning to the end instead let the
+        # prompt see empty slots (caught by an unpadded batch disagreeing with model.generate).
         positions = torch.arange(q_len, device=query.device).repeat(group)
-        mask = positions[:, None] + (key.shape[-2] - q_len) >= torch.arange(key.shape[-2], device=query.device)
+        mask = positions[:, None] >= torch.arange(key.shape[-2], device=query.device)
     return q, mask
 
 
@@ -94,7 +97,8 @@ class StaticGenerator:
     """
 
     def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32,
-                 grouped_attention: bool = True, cuda_graphs: bool | None = None, compile_mode: str | None = None):
+                 grouped_attention: bool = True, cuda_graphs: bool | None = None, compile_mode: str | None = None,
+                 compile_prefill: bool = False):
         from transformers import StaticCache
 
         if grouped_attention and model.config.num_attention_heads != model.config.num_key_value_heads:
@@ -122,9 +126,11 @@ class StaticGenerator:
         # A replay here is one call. compile_mode (e.g. "max-autotune-no-cudagraphs") tunes the kernels.
         self._step = torch.compile(self._next_raw_tokens, mode=compile_mode, fullgraph=True) if compile \
             else self._next_raw_tokens
-        # The prefill is compiled too, once for every prompt length (dynamic shapes): eager, Gemma's float32
-        # norms alone made it a third of a 512-token, 256-new-token call on the H100.
-        self._prefill = torch.compile(self._forward, dynamic=True, fullgraph=True) if compile else self._forward
+        # compile_prefill: compile the prefill too, once for every prompt length (dynamic shapes). On the H100
+        # at the 1B shape it took a 128 x (512 + 256 new) call from 1.25 s to 1.08 s, but the warm-up from
+        # ~60 s to 213 s: it pays off only after hundreds of batches, so it is off unless asked for.
+        self._prefill = torch.compile(self._forward, dynamic=True, fullgraph=True) if compile and compile_prefill \
+            else self._forward
         # The step's inputs live at fixed addresses, updated in place between steps: a CUDA graph replays reads
         # of exactly these tensors. Nothing is copied from the host per token (a blocking copy per token made
         # the host wait for every step).

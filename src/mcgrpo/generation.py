@@ -25,7 +25,7 @@ def _token_counts(tokenizer, prompts: list[str]) -> list[int]:
 
 
 def static_generator_for(model, tokenizer, prompts: list[str], *, batch_size: int, max_new_tokens: int, engine="auto",
-                         top_p=1.0):
+                         top_p=1.0, compile_prefill=False):
     """One StaticGenerator that fits every prompt given (e.g. all variants'), or None where engine isn't static."""
     device = next(model.parameters()).device
     if not prompts or resolve_engine(engine, device, top_p) != "static":
@@ -33,7 +33,7 @@ def static_generator_for(model, tokenizer, prompts: list[str], *, batch_size: in
     from mcgrpo.fast_generation import StaticGenerator
 
     return StaticGenerator(model, batch_size=min(batch_size, len(prompts)),
-                           max_length=max(_token_counts(tokenizer, prompts)) + max_new_tokens)
+                           max_length=max(_token_counts(tokenizer, prompts)) + max_new_tokens, compile_prefill=compile_prefill)
 
 
 def generate(model, tokenizer, prompts: list[str], *, batch_size=16, max_new_tokens=256, temperature=0.0,
