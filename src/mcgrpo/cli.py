@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     p.set_defaults(func=cmd_score)
     p = sub.add_parser("tiny-model", help="build a random-init Gemma 3 and a local tokenizer for offline runs")
     p.add_argument("dir")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "gemma-3-1b"])
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "gemma-3-1b"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warm-start-steps", type=int, default=0,
                    help="supervised steps on synthetic questions so the model answers in format (tiny preset)")

@@ -24,6 +24,10 @@ PRESETS = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, head_dim=32, sliding_window=128, query_pre_attn_scalar=32,
                  max_position_embeddings=4096),
+    # for benchmarks/learnability.py: room for the copy task the tiny model did not learn
+    "small": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=32, sliding_window=128, query_pre_attn_scalar=32,
+                  max_position_embeddings=4096),
 }
 
 
