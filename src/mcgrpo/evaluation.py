@@ -23,8 +23,8 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str)
     prompts_by_variant = {v: [render_prompt(tokenizer, r, v) for r in records] for v in variants}
     # One generator for every variant, sized for the longest prompt of any: compiled once per stage run.
     static = static_generator_for(model, tokenizer, [p for ps in prompts_by_variant.values() for p in ps],
-                                  batch_size=min(ep.batch_size, len(records)), max_new_tokens=ep.max_new_tokens, engine=ep.engine,
-                                  top_p=ep.top_p, compile_prefill=ep.compile_prefill)
+                                  batch_size=min(ep.batch_size, len(records)), max_new_tokens=ep.max_new_tokens,
+                                  engine=ep.engine, top_p=ep.top_p, compile_prefill=ep.compile_prefill)
     for variant, prompts in prompts_by_variant.items():
         start = time.perf_counter()
         outputs = generate(model, tokenizer, prompts, batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,

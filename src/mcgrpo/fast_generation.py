@@ -97,8 +97,7 @@ class StaticGenerator:
     """
 
     def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32,
-                 grouped_attention: bool = True, cuda_graphs: bool | None = None, compile_mode: str | None = None,
-                 compile_prefill: bool = False):
+                 grouped_attention: bool = True, compile_mode: str | None = None, compile_prefill: bool = False):
         from transformers import StaticCache
 
         if grouped_attention and model.config.num_attention_heads != model.config.num_key_value_heads:
@@ -119,7 +118,7 @@ class StaticGenerator:
                                         getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
                                         model.get_input_embeddings().weight.dtype, self.device)
         compile = self.device.type == "cuda" if compile is None else compile
-        self.cuda_graphs = compile and self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self.cuda_graphs = compile and self.device.type == "cuda"  # a graph needs the compiled step: no syncs in it
         # Inductor compiles the step; this class captures it in a CUDA graph itself. torch.compile's own CUDA
         # graphs (mode="reduce-overhead") check every static input (each weight, each cache tensor) in Python on
         # every call: on the H100 at the 1B shape the host took longer per token than the GPU's 4 ms of kernels.
