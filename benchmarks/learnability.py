@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mcgrpo.data.synthetic import make_synthetic_mc  # noqa: E402
+from mcgrpo.data.synthetic import make_hinted_mc, make_synthetic_mc  # noqa: E402
 from mcgrpo.fileio import write_jsonl  # noqa: E402
 from mcgrpo.modeling import build_tiny_model, load_model  # noqa: E402
 from mcgrpo.params import ModelParams, TrainParams  # noqa: E402
@@ -31,7 +31,12 @@ parser.add_argument("--variant", default="cot", help="direct: the answer is the 
 parser.add_argument("--prompts", type=int, default=2, help="questions per step (x 8 completions each)")
 parser.add_argument("--completion-tokens", type=int, default=24)
 parser.add_argument("--preset", default="tiny")
+parser.add_argument("--hint", default="question", choices=["question", "passage"], help="where the answer is spelled out")
 parser.add_argument("--warm-start-steps", type=int, default=200)
+parser.add_argument("--warm-start-task", default="facts", choices=["facts", "hinted"],
+                    help="what the supervised warm start teaches: the demo's fact questions (format only, the hint "
+                         "unseen) or the hinted task itself (a partly trained start that GRPO must finish)")
+parser.add_argument("--full", action="store_true", help="train every weight instead of a LoRA adapter")
 parser.add_argument("--out", required=True)
 parser.add_argument("--work", default="/tmp/mcgrpo-learnability")
 args = parser.parse_args()
@@ -39,9 +44,14 @@ args = parser.parse_args()
 out, work = Path(args.out), Path(args.work)
 out.mkdir(parents=True, exist_ok=True)
 t0 = time.perf_counter()
-model_dir = build_tiny_model(work / args.preset, preset=args.preset, warm_start_steps=args.warm_start_steps)
-records = [{**r, "source": "synthetic", "context": f"{r['context']} The correct option is {r['answer']}."}
-           for r in make_synthetic_mc(400, seed=7)]
+warm_items = make_hinted_mc(600, seed=1000) if args.warm_start_task == "hinted" else None  # other seeds than training
+model_dir = build_tiny_model(work / f"{args.preset}-{args.warm_start_task}-{args.warm_start_steps}", preset=args.preset,
+                             warm_start_steps=args.warm_start_steps, warm_start_items=warm_items)
+if args.hint == "question":
+    records = [{**r, "source": "synthetic"} for r in make_hinted_mc(400, seed=7)]
+else:  # the answer at the passage's end: its distance to the reply varies with the question and options
+    records = [{**r, "source": "synthetic", "context": f"{r['context']} The correct option is {r['answer']}."}
+               for r in make_synthetic_mc(400, seed=7)]
 write_jsonl(work / "train.jsonl", records)
 mp = ModelParams(name=str(model_dir), backend="transformers", dtype="float32")
 # direct answers carry no <reasoning>/<answer> tags, so only correctness is rewarded there
@@ -51,6 +61,8 @@ tp = TrainParams(max_steps=args.steps, learning_rate=args.lr, warmup_steps=0, pe
                  temperature=1.0, beta=0.0, save_steps=10_000, lora={"r": 16, "alpha": 32}, gradient_checkpointing=False,
                  reward_weights=rewards, logging_steps=1, seed=0, variant=args.variant)
 model, tokenizer, peft_config = load_model(mp, lora=tp.lora, seed=tp.seed)
+if args.full:
+    peft_config = None
 summary = train_grpo(model, tokenizer, peft_config, records, tp, checkpoints=work / "ckpt", adapter_out=work / "adapter",
                      live_dir=work / "live", fingerprint=run_fingerprint(tp, mp, work / "train.jsonl"), bf16=False)
 # the per-step curve, from dvclive's TSV (the trainer's own log)

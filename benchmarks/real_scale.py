@@ -21,7 +21,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from transformers import AutoTokenizer  # noqa: E402
+
 from mcgrpo.demo import deep_merge  # noqa: E402
+from mcgrpo.fileio import read_jsonl  # noqa: E402
 from mcgrpo.modeling import build_tiny_model  # noqa: E402
 
 parser = argparse.ArgumentParser()
@@ -35,6 +38,9 @@ parser.add_argument("--stages", default="prepare,baseline,train,evaluate")
 parser.add_argument("--n-eval", type=int, default=64)
 parser.add_argument("--steps", type=int, default=3)
 parser.add_argument("--preset", default="gemma-3-1b", help="tiny: a CPU dry run of this script")
+parser.add_argument("--tokenizer-texts", help="a JSONL of questions (e.g. RACE train) to train the tokenizer on: the "
+                                              "default small one makes real passages about twice as long in tokens")
+parser.add_argument("--tokenizer-vocab", type=int, default=32000)
 parser.add_argument("--train-processes", type=int, default=0,
                     help="> 0: run the train stage under `accelerate launch` with this many processes (DDP config)")
 parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -43,11 +49,24 @@ args = parser.parse_args()
 
 work, out = Path(args.work), Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
-model_dir = work.parent / f"{args.preset}-shape"
+texts = None
+if args.tokenizer_texts:
+    # every passage once (RACE asks several questions per passage), then the questions and options
+    rows = read_jsonl(args.tokenizer_texts)
+    texts = list(dict.fromkeys(r["context"] for r in rows)) + [r["question"] + "\n" + "\n".join(r["options"]) for r in rows]
+model_dir = work.parent / (f"{args.preset}-shape" + (f"-tok{args.tokenizer_vocab}-{Path(args.tokenizer_texts).stem}"
+                                                        if texts else ""))
 if not model_dir.exists():
     t = time.perf_counter()
-    build_tiny_model(model_dir, preset=args.preset)
-    print(f"built random-init 1B model in {time.perf_counter() - t:.0f} s", flush=True)
+    build_tiny_model(model_dir, preset=args.preset, tokenizer_texts=texts, tokenizer_vocab=args.tokenizer_vocab)
+    print(f"built random-init {args.preset} model in {time.perf_counter() - t:.0f} s", flush=True)
+# How long real passages are in this tokenizer's tokens: the prompt lengths every figure depends on.
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+passages = list(dict.fromkeys(r["context"] for r in read_jsonl(args.race)))[:500]
+tokens_per_word = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in passages) / \
+    sum(len(p.split()) for p in passages)
+print(f"tokenizer: {len(tokenizer)} tokens, {tokens_per_word:.2f} tokens per word on {len(passages)} eval passages",
+      flush=True)
 shutil.rmtree(work, ignore_errors=True)  # a warm machine keeps /tmp between calls: start clean
 work.mkdir(parents=True)
 shutil.copytree(ROOT / "stages", work / "stages")
@@ -98,6 +117,7 @@ for name in ["metrics/baseline.json", "metrics/finetuned.json", "metrics/compari
     if (work / name).exists():
         shutil.copy(work / name, out / Path(name).name)
 (out / "timings.json").write_text(json.dumps({"backend": args.backend, "train_processes": args.train_processes,
+                                              "tokenizer_vocab": len(tokenizer), "tokens_per_word": round(tokens_per_word, 3),
                                               "overrides": args.set,
                                               "stage_seconds": timings}, indent=2))
 print(json.dumps(timings))

@@ -90,12 +90,27 @@ def test_plain_torch_logprobs_match_log_softmax():
 
 
 def test_loglik_scores_match_a_plain_forward_pass(tiny_model_params, records):
-    # Batched, left-padded scoring with logits_to_keep must equal scoring each option alone.
+    # Scoring options from a shared, left-padded context cache must equal scoring each option alone:
+    # one question per batch, and three of different lengths in one batch (one passage past the tiny
+    # model's 128-token sliding window, so the sliding cache layers' trimming is exercised too).
     from mcgrpo.loglik import loglik_context, loglik_rows, option_logprobs
 
     model, tok, _ = load_model(tiny_model_params)
-    batched = option_logprobs(model, tok, records[:3], batch_size=5)
-    for record, scores in zip(records[:3], batched):
+    with torch.no_grad():  # random init attends almost uniformly, blind to positions: sharpen it so they matter
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.fill_(3.0)
+            layer.self_attn.k_norm.weight.fill_(3.0)
+            layer.self_attn.v_proj.weight.mul_(10)
+    records = [{**records[0], "context": records[0]["context"] * 3}] + records[1:3]
+    # options of several tokens and different lengths: all but the first token are scored from the option pass
+    records = [{**r, "options": [f"{o}, as the passage says" + " indeed" * i for i, o in enumerate(r["options"])]}
+               for r in records]
+    lengths = [len(tok(loglik_context(r))["input_ids"]) for r in records]
+    assert len(set(lengths)) == 3 and max(lengths) > model.config.sliding_window > min(lengths)
+    batched = option_logprobs(model, tok, records, batch_size=5)
+    together = option_logprobs(model, tok, records, batch_size=12)
+    assert [x for q in together for x in q] == pytest.approx([x for q in batched for x in q], abs=1e-4)
+    for record, scores in zip(records, batched):
         ctx = tok(loglik_context(record))["input_ids"]
         for option, score in zip(record["options"], scores):
             opt = tok(" " + option, add_special_tokens=False)["input_ids"]
@@ -103,7 +118,7 @@ def test_loglik_scores_match_a_plain_forward_pass(tiny_model_params, records):
                 logp = torch.log_softmax(model(torch.tensor([ctx + opt])).logits[0].double(), -1)
             expected = sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(opt))
             assert score == pytest.approx(expected, abs=1e-3)
-    rows = loglik_rows(model, tok, records[:3], 4, "base", lambda q: "wh")
+    rows = loglik_rows(model, tok, records, 4, "base", lambda q: "wh")
     assert all(r["variant"] == "loglik" and r["pred"] in "ABCD" and len(r["option_logprobs"]) == 4 for r in rows)
     assert rows[0]["pred"] == "ABCD"[max(range(4), key=batched[0].__getitem__)]
 

@@ -170,6 +170,8 @@ def test_grpo_with_fast_rollouts_trains_and_resumes(tiny_model_params, tmp_path)
     tp = tiny_train_params(rollout_engine="fast", gradient_checkpointing=True)
     summary = run(tiny_model_params, tmp_path, tp, records, engine="fast")
     assert summary["steps"] == 4 and steps_logged(tmp_path / "live") == [1, 2, 3, 4]
+    # the rollouts' share of a step is reported (the compiling first call left out)
+    assert 0 < summary["rollout_time_s_last10"] < summary["step_time_s_last10"]
     shutil.rmtree(tmp_path / "ckpt" / "checkpoint-4")
     summary = run(tiny_model_params, tmp_path, tp, records, engine="fast")
     assert summary["steps"] == 4 and summary["resumed_from_step"] == 2

@@ -3,7 +3,7 @@
 This is how lm-evaluation-harness scores RACE ("Article: ...\\n\\nQuestion: ...\\nAnswer:" followed by
 " <option text>", no chat template), so the numbers sit next to published tables. `correct` uses the
 summed log-probability (lm-eval's acc), `correct_norm` the log-probability per character (acc_norm).
-It is fast (one forward pass per option, no decoding) and needs no answer format at all.
+It is fast (one forward pass per question and a short one per option, no decoding) and needs no answer format at all.
 """
 
 import torch
@@ -20,33 +20,48 @@ def loglik_context(record: dict) -> str:
 
 
 def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16) -> list[list[float]]:
-    """Summed log-probability of " <option>" after the context, for every option of every record."""
-    pairs = []  # (record index, context ids, option ids)
-    for i, record in enumerate(records):
-        context = tokenizer(loglik_context(record))["input_ids"]  # with <bos>, as the model was trained
-        for option in record["options"]:
-            pairs.append((i, context, tokenizer(" " + option, add_special_tokens=False)["input_ids"]))
-    scores = [[] for _ in records]
+    """Summed log-probability of " <option>" after the context, for every option of every record.
+
+    The context (passage and question, most of the tokens) goes through the model once per question;
+    each option then continues from a copy of its KV cache. Scoring every option with its own full
+    forward pass, as before, read each passage four times. batch_size counts option sequences.
+    """
+    contexts = [tokenizer(loglik_context(r))["input_ids"] for r in records]  # with <bos>, as the model was trained
+    options = [[tokenizer(" " + o, add_special_tokens=False)["input_ids"] for o in r["options"]] for r in records]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    with torch.inference_mode(), tqdm(total=len(pairs), desc="log-likelihood", unit="option") as bar:
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start:start + batch_size]
-            seqs = [ctx + opt for _, ctx, opt in batch]
-            width = max(map(len, seqs))
-            # Left padding puts every option at the right edge, so only the last few positions need logits.
-            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-            keep = max(len(opt) for _, _, opt in batch) + 1
-            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
-            for row, (i, _, opt) in enumerate(batch):
-                # logits at position t predict token t+1: the option's tokens are predicted by the
-                # len(opt) positions just before the last one.
-                targets = torch.tensor(opt, device=device)
-                predicted = logp[row, keep - 1 - len(opt):keep - 1]
-                scores[i].append(float(predicted.gather(-1, targets[:, None]).sum()))
-            bar.update(len(batch))
+    scores = []
+    per_batch = max(1, batch_size // max(len(o) for o in options)) if records else 1  # questions per batch
+    with torch.inference_mode(), tqdm(total=sum(map(len, options)), desc="log-likelihood", unit="option") as bar:
+        for start in range(0, len(records), per_batch):
+            ctx, opts = contexts[start:start + per_batch], options[start:start + per_batch]
+            width = max(map(len, ctx))
+            # Left-padded contexts end together, so every option continues at the same cache slot.
+            ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx], device=device)
+            ctx_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctx], device=device)
+            # Positions count from each row's first real token (as unpadded), so the options can continue them.
+            out = model(input_ids=ids, attention_mask=ctx_mask, position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0),
+                        use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts each option's first token
+            rows = [(q, o) for q, qo in enumerate(opts) for o in qo]
+            which = torch.tensor([q for q, _ in rows], device=device)
+            cache = out.past_key_values
+            cache.batch_select_indices(which)  # one copy of its question's context per option
+            # Options right-padded: pads come after every token that is read.
+            span = max(len(o) for _, o in rows)
+            opt_ids = torch.tensor([o + [pad] * (span - len(o)) for _, o in rows], device=device)
+            opt_mask = torch.tensor([[1] * len(o) + [0] * (span - len(o)) for _, o in rows], device=device)
+            positions = ctx_mask[which].sum(-1, keepdim=True) + torch.arange(span, device=device)
+            logits = model(input_ids=opt_ids, attention_mask=torch.cat([ctx_mask[which], opt_mask], dim=1),
+                           position_ids=positions, past_key_values=cache, use_cache=False).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            # logits at option position t predict option token t+1
+            targets = opt_ids[:, 1:].clamp(min=0)
+            later = logp[:, :-1].gather(-1, targets[..., None]).squeeze(-1) * opt_mask[:, 1:]
+            totals = (first[which].gather(-1, opt_ids[:, :1]).squeeze(-1) + later.sum(-1)).tolist()
+            for q in range(len(opts)):
+                scores.append([t for (row_q, _), t in zip(rows, totals) if row_q == q])
+            bar.update(len(rows))
     return scores
 
 

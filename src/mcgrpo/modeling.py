@@ -198,12 +198,13 @@ def build_model(preset: str = "tiny", vocab_size: int | None = None, seed: int =
     return Gemma3ForCausalLM(config).to(dtype)
 
 
-def warm_start(model, tokenizer, steps: int, seed: int = 0, batch_size: int = 16) -> float:
+def warm_start(model, tokenizer, steps: int, seed: int = 0, batch_size: int = 16, items=None) -> float:
     """A short supervised warm start on synthetic questions, so a random-init model answers in format.
 
     A random model never writes <answer>X</answer>, so every GRPO reward is 0 and nothing is learnt.
     After this (about 40 s for 200 steps on 2 CPU cores) the tiny model answers in format, with
-    accuracy near chance: GRPO then has reward differences to work with. Returns the last loss.
+    accuracy near chance: GRPO then has reward differences to work with. `items` replaces the
+    synthetic questions (benchmarks/learnability.py warm-starts on its own task). Returns the last loss.
     """
     import random
 
@@ -212,7 +213,7 @@ def warm_start(model, tokenizer, steps: int, seed: int = 0, batch_size: int = 16
 
     rng = random.Random(seed)
     examples = []
-    for item in make_synthetic_mc(600, seed=seed + 1000):  # other seeds than the demo data
+    for item in items or make_synthetic_mc(600, seed=seed + 1000):  # other seeds than the demo data
         variant = rng.choice(["cot", "direct"])
         truth = item["options"]["ABCDEFGHIJ".index(item["answer"])]
         answer = (f"<reasoning>The passage says {truth}.</reasoning><answer>{item['answer']}</answer>"
@@ -241,17 +242,23 @@ def warm_start(model, tokenizer, steps: int, seed: int = 0, batch_size: int = 16
     return float(loss.detach())
 
 
-def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 0, warm_start_steps: int = 0) -> Path:
-    """Write a Gemma3ForCausalLM (random init, optionally warm-started) and its local tokenizer to out_dir."""
+def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 0, warm_start_steps: int = 0,
+                     warm_start_items=None, tokenizer_texts: list[str] | None = None, tokenizer_vocab: int = 2048) -> Path:
+    """Write a Gemma3ForCausalLM (random init, optionally warm-started) and its local tokenizer to out_dir.
+
+    tokenizer_texts: more text to train the tokenizer on, with a larger tokenizer_vocab. The default
+    2,048-token BPE splits real passages into about twice as many tokens as a full-size tokenizer would,
+    which doubles prompt lengths in benchmarks; benchmarks/real_scale.py trains one on real passages.
+    """
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(tokenizer_corpus(seed))
+    tokenizer = build_tokenizer(tokenizer_corpus(seed) + list(tokenizer_texts or []), vocab_size=tokenizer_vocab)
     # The 1B preset keeps Gemma's 262,144-token vocabulary (the real compute and memory); ids the small
     # tokenizer lacks decode to nothing. It is saved in bf16, as the real checkpoint is.
     vocab = None if preset == "gemma-3-1b" else len(tokenizer)
     dtype = torch.bfloat16 if preset == "gemma-3-1b" else torch.float32
     model = build_model(preset, vocab_size=vocab, seed=seed, dtype=dtype)
     if warm_start_steps:
-        warm_start(model, tokenizer, warm_start_steps, seed)
+        warm_start(model, tokenizer, warm_start_steps, seed, items=warm_start_items)
     eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, eot]
     model.generation_config.pad_token_id = tokenizer.pad_token_id

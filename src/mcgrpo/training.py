@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,10 +120,12 @@ class FastRollouts:
     def __init__(self, max_prompt_tokens: int, grouped_attention: bool):
         self.max_prompt_tokens, self.grouped_attention = max_prompt_tokens, grouped_attention
         self.generator = None
+        self.seconds = []  # wall time of each call (it ends reading the tokens back, so the GPU work is in it)
 
     def __call__(self, prompts: list, trainer) -> dict:
         from mcgrpo.fast_generation import StaticGenerator
 
+        start = time.perf_counter()
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)  # TRL's own chat templating, so ids match its forward
         model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
         device = trainer.accelerator.device
@@ -152,6 +155,7 @@ class FastRollouts:
         eos = set(trainer.eos_token_ids)
         # Keep each completion up to and including its first EOS, as TRL's completion mask does.
         completion_ids = [ids[:next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))] for ids in new_tokens]
+        self.seconds.append(time.perf_counter() - start)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
 
@@ -362,10 +366,11 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
             tokenizer.save_pretrained(tmp)
             _sort_target_modules(tmp / "adapter_config.json")
     return _summary(trainer.state.log_history, trainer.state.global_step, resume_step or 0,
-                    result.metrics.get("train_runtime", 0.0), procs)
+                    result.metrics.get("train_runtime", 0.0), procs, rollouts.seconds if rollouts else None)
 
 
-def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtime_s: float, procs=None) -> dict:
+def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtime_s: float, procs=None,
+             rollout_seconds: list[float] | None = None) -> dict:
     history = [h for h in log_history if "reward" in h]
     tail = history[-10:]
     summary = {
@@ -379,6 +384,9 @@ def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtim
         if tail else None,
         "step_time_s_last10": round(sum(h.get("step_time", 0) for h in tail) / len(tail), 2) if tail else None,
     }
+    if rollout_seconds:  # fast rollouts time themselves: how much of a step is sampling, how much training
+        later = (rollout_seconds[1:] or rollout_seconds)[-10:]  # the first call compiles
+        summary["rollout_time_s_last10"] = round(sum(later) / len(later), 2)
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() / 2**30
         summary["peak_gpu_memory_gib"] = round(peak, 2)  # this process's GPU (the main one under accelerate)

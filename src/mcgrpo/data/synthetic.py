@@ -43,3 +43,14 @@ def make_synthetic_mc(n: int, seed: int = 0, n_options: int = 4) -> list[dict]:
         items.append({"id": f"syn-{seed}-{i}", "context": " ".join(sentences), "question": template.format(n=person),
                       "options": options, "answer": "ABCDEFGHIJ"[answer]})
     return items
+
+
+def make_hinted_mc(n: int, seed: int = 0, n_options: int = 4) -> list[dict]:
+    """Synthetic items whose question ends by naming the answer ("... (The answer is C.)").
+
+    For the learnability check: copying a letter a fixed few tokens before the options is the
+    easiest conditional task there is, so a policy that does not learn it points at the GRPO wiring
+    (reward -> advantage -> update), not at the model's capacity.
+    """
+    return [{**item, "question": f"{item['question']} (The answer is {item['answer']}.)"}
+            for item in make_synthetic_mc(n, seed=seed, n_options=n_options)]
