@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mcgrpo.data.synthetic import make_hinted_mc, make_synthetic_mc  # noqa: E402
@@ -63,13 +64,27 @@ tp = TrainParams(max_steps=args.steps, learning_rate=args.lr, warmup_steps=0, pe
 model, tokenizer, peft_config = load_model(mp, lora=tp.lora, seed=tp.seed)
 if args.full:
     peft_config = None
+
+
+class RewardCurve(TrainerCallback):
+    """The mean reward of every step, from the trainer's own log (dvclive may not be installed)."""
+
+    def __init__(self):
+        self.steps, self.rewards = [], []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            self.steps.append(state.global_step)
+            self.rewards.append(float(logs["reward"]))
+
+
+curve = RewardCurve()
 summary = train_grpo(model, tokenizer, peft_config, records, tp, checkpoints=work / "ckpt", adapter_out=work / "adapter",
-                     live_dir=work / "live", fingerprint=run_fingerprint(tp, mp, work / "train.jsonl"), bf16=False)
-# the per-step curve, from dvclive's TSV (the trainer's own log)
-rows = [line.split("\t") for line in (work / "live/plots/metrics/reward.tsv").read_text().splitlines()[1:]]
-steps, rewards = [int(r[0]) for r in rows], [float(r[-1]) for r in rows]
+                     live_dir=work / "live", fingerprint=run_fingerprint(tp, mp, work / "train.jsonl"), bf16=False,
+                     callbacks=(curve,))
+steps, rewards = curve.steps, curve.rewards
 (out / "reward_curve.csv").write_text("step,reward\n" + "".join(f"{s},{r}\n" for s, r in zip(steps, rewards)))
-first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
+first, last = sum(rewards[:10]) / len(rewards[:10]), sum(rewards[-10:]) / len(rewards[-10:])
 max_reward = sum(tp.reward_weights.values())
 result = {"steps": len(steps), "lr": args.lr, "variant": args.variant, "prompts_per_step": args.prompts,
           "completion_tokens": args.completion_tokens, "preset": args.preset, "reward_first10": round(first, 3),

@@ -33,8 +33,12 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str)
         seconds = time.perf_counter() - start
         new_tokens = sum(o["n_tokens"] for o in outputs)
         memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""
+        split = ""
+        if static is not None and static.device.type == "cuda":  # GPU time so far: where a slow stage spends it
+            t = static.seconds()
+            split = f"; GPU so far: prefill {t['prefill_s']:.1f} s, decode {t['decode_s']:.1f} s over {t['calls']} batches"
         print(f"{model_label} / {variant}: {len(prompts)} prompts, {new_tokens} new tokens in {seconds:.1f} s "
-              f"({new_tokens / seconds:.0f} tok/s){memory}")
+              f"({new_tokens / seconds:.0f} tok/s){memory}{split}")
         for record, out in zip(records, outputs):
             score = score_completion(out["text"], record["answer"], len(record["options"]), variant)
             rows.append({"id": record["id"], "variant": variant, "model": model_label, "source": record["source"],

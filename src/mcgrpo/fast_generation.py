@@ -141,6 +141,7 @@ class StaticGenerator:
         self._temperature = torch.ones((), device=self.device)
         self._uniform = None  # (batch, vocab) noise for sampling, allocated on the first sampling call
         self._graphs = {}  # sampling (bool) -> (CUDAGraph, its output tensor)
+        self._marks = []  # (start, prefilled, end) CUDA events of each call, read by seconds()
 
     def _forward(self, input_ids, attention_mask, position_ids, cache_position):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -224,8 +225,13 @@ class StaticGenerator:
                 torch.rand(self._uniform.shape, out=self._uniform, generator=generator, device=self.device)
             return self._uniform if sampling else None
 
+        marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if self.device.type == "cuda" else None
+        if marks:
+            marks[0].record()
         positions = _positions(mask[:, :prompt_len])
         logits = self._prefill(ids, mask[:, :prompt_len], positions, torch.arange(prompt_len, device=self.device))
+        if marks:
+            marks[1].record()
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
         finished[n:] = True
         tokens = torch.where(finished, pad_token_id, self._pick(logits, self._temperature, noise()))
@@ -245,4 +251,13 @@ class StaticGenerator:
             self._cache_position.add_(1)
             if step % self.check_every == 0 and bool(finished.all()):  # the only host sync
                 break
+        if marks:
+            marks[2].record()
+            self._marks.append(marks)
         return torch.stack(out, dim=1)[:n]
+
+    def seconds(self) -> dict:
+        """GPU seconds spent in prefill and in decoding over every call so far (CUDA only; waits for the GPU)."""
+        torch.cuda.synchronize(self.device) if self._marks else None
+        return {"prefill_s": sum(a.elapsed_time(b) for a, b, _ in self._marks) / 1000,
+                "decode_s": sum(b.elapsed_time(c) for _, b, c in self._marks) / 1000, "calls": len(self._marks)}

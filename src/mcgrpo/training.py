@@ -313,7 +313,8 @@ def _sort_target_modules(config_file: Path) -> None:
 
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
-               live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "generate") -> dict:
+               live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "generate",
+               callbacks: tuple = ()) -> dict:
     """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics.
 
     Under `accelerate launch` every process runs this; only the main one touches the checkpoint
@@ -357,7 +358,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16, engine),
         train_dataset=grpo_dataset(records, tp.variant), processing_class=tokenizer, peft_config=peft_config,
-        callbacks=[live] if live else [], rollout_func=rollouts,
+        callbacks=([live] if live else []) + list(callbacks), rollout_func=rollouts,
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if main:
