@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mcgrpo.fast_generation import StaticGenerator  # noqa: E402
+from mcgrpo.fast_generation import StaticGenerator, use_grouped_attention  # noqa: E402
 from mcgrpo.modeling import PRESETS  # noqa: E402
 
 parser = argparse.ArgumentParser()
@@ -76,26 +76,32 @@ def record(name, fn):
 
 
 outputs = {}
-engines = args.engines.split(",")
+engines = args.engines.split(",")  # run in the order given: a run cut by a time limit keeps the first ones
+generator = None
 with torch.inference_mode():
-    if "hf_dynamic" in engines:
-        outputs["hf_dynamic"] = record("hf_dynamic", lambda: model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False, top_k=None)[:, args.prompt:])
-    if "hf_static" in engines:
-        outputs["hf_static"] = record("hf_static", lambda: model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False, top_k=None,
-            cache_implementation="static")[:, args.prompt:])
-    if "static_generator" in engines or "static_generator_sampling" in engines:
-        t = time.perf_counter()
-        generator = StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new,
-                                    check_every=args.new, compile_prefill=args.compile_prefill)  # the benchmark never stops early: skip the syncs
-        results["static_generator_setup_s"] = round(time.perf_counter() - t, 1)
-        if "static_generator" in engines:
-            outputs["static_generator"] = record("static_generator", lambda: generator.generate(
+    for name in engines:
+        if name.startswith("hf_"):
+            model.set_attn_implementation("sdpa")  # the plain alternative, even after the generator switched it
+            static_cache = {"cache_implementation": "static"} if name == "hf_static" else {}
+            outputs[name] = record(name, lambda: model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False, top_k=None,
+                **static_cache)[:, args.prompt:])
+            continue
+        if generator is None:
+            t = time.perf_counter()
+            generator = StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new,
+                                        check_every=args.new, compile_prefill=args.compile_prefill)  # the benchmark never stops early: skip the syncs
+            results["static_generator_setup_s"] = round(time.perf_counter() - t, 1)
+        else:
+            use_grouped_attention(model)  # back to the generator's attention after an HF engine
+        if name == "static_generator":
+            outputs[name] = record(name, lambda: generator.generate(
                 ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0))
-        if "static_generator_sampling" in engines:
-            record("static_generator_sampling", lambda: generator.generate(
+        elif name == "static_generator_sampling":
+            record(name, lambda: generator.generate(
                 ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0, temperature=1.0))
+        else:
+            raise SystemExit(f"unknown engine {name!r}")
 
 base = results["engines"].get("hf_dynamic", {}).get("new_tok_per_s")
 static = results["engines"].get("hf_static", {}).get("new_tok_per_s")
