@@ -258,6 +258,7 @@ class StaticGenerator:
 
     def seconds(self) -> dict:
         """GPU seconds spent in prefill and in decoding over every call so far (CUDA only; waits for the GPU)."""
-        torch.cuda.synchronize(self.device) if self._marks else None
+        if self._marks:
+            torch.cuda.synchronize(self.device)
         return {"prefill_s": sum(a.elapsed_time(b) for a, b, _ in self._marks) / 1000,
                 "decode_s": sum(b.elapsed_time(c) for _, b, c in self._marks) / 1000, "calls": len(self._marks)}

@@ -48,9 +48,10 @@ def make_synthetic_mc(n: int, seed: int = 0, n_options: int = 4) -> list[dict]:
 def make_hinted_mc(n: int, seed: int = 0, n_options: int = 4) -> list[dict]:
     """Synthetic items whose question ends by naming the answer ("... (The answer is C.)").
 
-    For the learnability check: copying a letter a fixed few tokens before the options is the
-    easiest conditional task there is, so a policy that does not learn it points at the GRPO wiring
-    (reward -> advantage -> update), not at the model's capacity.
+    For the learnability check (benchmarks/learnability.py): copying a letter that sits a few tokens
+    before the options is about the easiest conditional task there is. A model that can learn it
+    (the `small` preset can; the 2-layer `tiny` one could not) must then learn it from the reward
+    alone if reward -> advantage -> update is wired right.
     """
     return [{**item, "question": f"{item['question']} (The answer is {item['answer']}.)"}
             for item in make_synthetic_mc(n, seed=seed, n_options=n_options)]
