@@ -25,7 +25,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from mcgrpo.demo import deep_merge  # noqa: E402
 from mcgrpo.fileio import read_jsonl  # noqa: E402
-from mcgrpo.modeling import build_tiny_model  # noqa: E402
+from mcgrpo.modeling import build_tiny_model, question_texts  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--race", required=True)
@@ -49,11 +49,7 @@ args = parser.parse_args()
 
 work, out = Path(args.work), Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
-texts = None
-if args.tokenizer_texts:
-    # every passage once (RACE asks several questions per passage), then the questions and options
-    rows = read_jsonl(args.tokenizer_texts)
-    texts = list(dict.fromkeys(r["context"] for r in rows)) + [r["question"] + "\n" + "\n".join(r["options"]) for r in rows]
+texts = question_texts(read_jsonl(args.tokenizer_texts)) if args.tokenizer_texts else None
 model_dir = work.parent / (f"{args.preset}-shape" + (f"-tok{args.tokenizer_vocab}-{Path(args.tokenizer_texts).stem}"
                                                         if texts else ""))
 if not model_dir.exists():

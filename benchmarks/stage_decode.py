@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mcgrpo.fileio import read_jsonl  # noqa: E402
 from mcgrpo.generation import static_generator_for  # noqa: E402
-from mcgrpo.modeling import build_tiny_model, load_model  # noqa: E402
+from mcgrpo.modeling import build_tiny_model, load_model, question_texts  # noqa: E402
 from mcgrpo.params import ModelParams  # noqa: E402
 from mcgrpo.prompts import render_prompt  # noqa: E402
 
@@ -34,11 +34,10 @@ parser.add_argument("--new", type=int, default=256)
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
-rows = read_jsonl(args.tokenizer_texts)
-texts = list(dict.fromkeys(r["context"] for r in rows)) + [r["question"] + "\n" + "\n".join(r["options"]) for r in rows]
 model_dir = Path(f"/tmp/stage-decode-{args.preset}")
 if not model_dir.exists():
-    build_tiny_model(model_dir, preset=args.preset, tokenizer_texts=texts, tokenizer_vocab=32000)
+    build_tiny_model(model_dir, preset=args.preset, tokenizer_texts=question_texts(read_jsonl(args.tokenizer_texts)),
+                     tokenizer_vocab=32000)
 model, tokenizer, _ = load_model(ModelParams(name=str(model_dir), backend="transformers", dtype="auto"))
 records = read_jsonl(args.race)[: args.batch]
 prompts = [render_prompt(tokenizer, r, v) for v in ("direct", "cot") for r in records]

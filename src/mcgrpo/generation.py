@@ -4,7 +4,8 @@ Prompts are sorted by length so each batch carries little padding, generated wit
 and returned in the caller's order. Greedy unless a temperature > 0 is given.
 
 Two engines: "hf" is `model.generate`; "static" is the project's StaticGenerator (a static KV cache,
-compiled prefill and decode step, a CUDA graph per token; no top-p), built once and reused for every
+a compiled decode step replayed as a CUDA graph per token, the prefill compiled only if asked; no top-p),
+built once and reused for every
 batch. Callers with several prompt lists (one per prompt variant) build it once with
 `static_generator_for` and pass it to every call, so its compile time is paid once per stage run.
 "auto" picks static on CUDA when top_p is 1.

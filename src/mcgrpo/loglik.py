@@ -51,16 +51,17 @@ def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16)
             span = max(len(o) for _, o in rows)
             opt_ids = torch.tensor([o + [pad] * (span - len(o)) for _, o in rows], device=device)
             opt_mask = torch.tensor([[1] * len(o) + [0] * (span - len(o)) for _, o in rows], device=device)
-            positions = ctx_mask[which].sum(-1, keepdim=True) + torch.arange(span, device=device)
-            logits = model(input_ids=opt_ids, attention_mask=torch.cat([ctx_mask[which], opt_mask], dim=1),
+            row_ctx_mask = ctx_mask[which]
+            positions = row_ctx_mask.sum(-1, keepdim=True) + torch.arange(span, device=device)
+            logits = model(input_ids=opt_ids, attention_mask=torch.cat([row_ctx_mask, opt_mask], dim=1),
                            position_ids=positions, past_key_values=cache, use_cache=False).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             # logits at option position t predict option token t+1
             targets = opt_ids[:, 1:].clamp(min=0)
             later = logp[:, :-1].gather(-1, targets[..., None]).squeeze(-1) * opt_mask[:, 1:]
             totals = (first[which].gather(-1, opt_ids[:, :1]).squeeze(-1) + later.sum(-1)).tolist()
-            for q in range(len(opts)):
-                scores.append([t for (row_q, _), t in zip(rows, totals) if row_q == q])
+            totals = iter(totals)  # rows are in question order
+            scores += [[next(totals) for _ in qo] for qo in opts]
             bar.update(len(rows))
     return scores
 

@@ -189,6 +189,13 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
     return list(INSTRUCTIONS.values()) * 20 + [format_question(i) for i in items] + answers
 
 
+def question_texts(records: list[dict]) -> list[str]:
+    """Every passage once (RACE asks several questions per passage), then each question with its options:
+    text to train a benchmark tokenizer on (build_tiny_model's tokenizer_texts)."""
+    return list(dict.fromkeys(r["context"] for r in records)) + [r["question"] + "\n" + "\n".join(r["options"])
+                                                                for r in records]
+
+
 def build_model(preset: str = "tiny", vocab_size: int | None = None, seed: int = 0, dtype=torch.float32):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
