@@ -5,8 +5,7 @@ and returned in the caller's order. Greedy unless a temperature > 0 is given.
 
 Two engines: "hf" is `model.generate`; "static" is the project's StaticGenerator (a static KV cache,
 a compiled decode step replayed as a CUDA graph per token, the prefill compiled only if asked; no top-p),
-built once and reused for every
-batch. Callers with several prompt lists (one per prompt variant) build it once with
+built once and reused for every batch. Callers with several prompt lists (one per prompt variant) build it once with
 `static_generator_for` and pass it to every call, so its compile time is paid once per stage run.
 "auto" picks static on CUDA when top_p is 1.
 """
