@@ -94,8 +94,7 @@ def replay_only_ms(generator, replays=64):
     """GPU time per replay of the greedy decode graph alone (no per-token bookkeeping between replays)."""
     if not generator._graphs:
         return None
-    for layer in generator.cache.layers:  # rewind the cache's write position, so the replays stay inside it
-        layer.cumulative_length.fill_(args.prompt)
+    generator._cache_position.fill_(args.prompt)  # every replay writes the same slot, inside the cache
     graph = generator._graphs[False][0]
     sync()
     t = time.perf_counter()
@@ -127,8 +126,7 @@ def profile_step(generator, steps):
     """GPU time per decode step by kernel: the compiled step called directly, outside its CUDA graph."""
     from torch.profiler import ProfilerActivity, profile
 
-    for layer in generator.cache.layers:  # rewind the cache's write position, so the steps stay inside it
-        layer.cumulative_length.fill_(args.prompt)
+    generator._cache_position.fill_(args.prompt)  # every step writes the same slot, inside the cache
     inputs = generator._step_inputs(False)
     generator._step(*inputs)
     sync()

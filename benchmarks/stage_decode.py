@@ -1,10 +1,12 @@
-"""Why the baseline stage decodes slower than decode_variants.py: the stage's own generator on real prompts.
+"""Where the eval stage's GPU time goes: its own generator and log-likelihood scorer on real RACE prompts.
 
-The whole-test-set baseline (H100, 2026-11-25) spent 2.34 s of GPU time decoding each batch of 128 x 256
-tokens, 9.1 ms a step, where decode_variants.py's bare graph replays took 4.7 ms at the same cache length.
-This builds one generator exactly as the eval stage does (static_generator_for over real RACE prompts of
-both variants), then times the same batches under the conditions that differ between the two:
-left-padded real prompts or unpadded random ids, the stage's check_every=32 or none, greedy or sampling.
+The whole-test-set baseline (H100, 2026-11-25) spent 9.1 ms per decode step where decode_variants.py's bare
+graph replays took 4.7 ms at the same cache length. This builds one generator exactly as the eval stage does
+(static_generator_for over real RACE prompts of both variants, the model loaded by load_model) and times the
+same batch under what differs between the two: left-padded real prompts or unpadded random ids, the stage's
+check_every=32 or none; then bare replays of its decode graph, a torch.profiler table of whole generate steps
+(host time per op: is the host the limit?), optionally the same generator over a model constructed in the
+process (`--constructed`, as decode_variants.py makes it), and the log-likelihood scorer (`--loglik N`).
 
     python benchmarks/stage_decode.py --race .bench/race_test.jsonl --tokenizer-texts .bench/race_train3000.jsonl \\
         --out $OUT/stage_decode.json
@@ -21,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mcgrpo.fileio import read_jsonl  # noqa: E402
 from mcgrpo.generation import static_generator_for  # noqa: E402
+from mcgrpo.loglik import option_logprobs  # noqa: E402
 from mcgrpo.modeling import build_tiny_model, load_model, question_texts  # noqa: E402
 from mcgrpo.params import ModelParams  # noqa: E402
 from mcgrpo.prompts import render_prompt  # noqa: E402
@@ -31,6 +34,8 @@ parser.add_argument("--tokenizer-texts", required=True)
 parser.add_argument("--preset", default="gemma-3-1b")
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--new", type=int, default=256)
+parser.add_argument("--constructed", action="store_true", help="also time a model constructed in the process")
+parser.add_argument("--loglik", type=int, default=0, help="time log-likelihood scoring of this many questions")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
@@ -39,42 +44,109 @@ if not model_dir.exists():
     build_tiny_model(model_dir, preset=args.preset, tokenizer_texts=question_texts(read_jsonl(args.tokenizer_texts)),
                      tokenizer_vocab=32000)
 model, tokenizer, _ = load_model(ModelParams(name=str(model_dir), backend="transformers", dtype="auto"))
-records = read_jsonl(args.race)[: args.batch]
-prompts = [render_prompt(tokenizer, r, v) for v in ("direct", "cot") for r in records]
-static = static_generator_for(model, tokenizer, prompts, batch_size=args.batch, max_new_tokens=args.new, engine="static")
 device = next(model.parameters()).device
+cuda = device.type == "cuda"
+records = read_jsonl(args.race)
+prompts = [render_prompt(tokenizer, r, v) for v in ("direct", "cot") for r in records[: args.batch]]
 enc = tokenizer(prompts[: args.batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 stop = list(model.generation_config.eos_token_id)
 random_ids = torch.randint(10, 30000, enc["input_ids"].shape, device=device)
-result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-          "max_length": static.max_length, "batch": args.batch, "prompt_tokens": enc["input_ids"].shape[1],
-          "padding_share": round(1 - enc["attention_mask"].float().mean().item(), 3), "runs": {}}
+result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+          "batch": args.batch, "prompt_tokens": enc["input_ids"].shape[1],
+          "padding_share": round(1 - enc["attention_mask"].float().mean().item(), 3), "models": {}}
 
 
-def timed(name, ids, mask, check_every, temperature=0.0):
+def save():
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def timed(static, runs, name, ids, mask, check_every):
     static.check_every = check_every
-    before = static.seconds() if device.type == "cuda" else None
+    before = static.seconds() if cuda else None
+    sync()
     start = time.perf_counter()
-    static.generate(ids, mask, max_new_tokens=args.new, eos_token_ids=stop, pad_token_id=tokenizer.pad_token_id,
-                    temperature=temperature).tolist()
-    wall = time.perf_counter() - start
-    run = {"wall_s": round(wall, 3)}
+    static.generate(ids, mask, max_new_tokens=args.new, eos_token_ids=stop, pad_token_id=tokenizer.pad_token_id)
+    queued = time.perf_counter() - start  # the host has queued every step; the GPU may still be working
+    sync()
+    run = {"wall_s": round(time.perf_counter() - start, 3), "host_queue_s": round(queued, 3)}
     if before:
         after = static.seconds()
         run.update(prefill_s=round(after["prefill_s"] - before["prefill_s"], 3),
                    decode_s=round(after["decode_s"] - before["decode_s"], 3))
         run["decode_ms_per_step"] = round(1000 * run["decode_s"] / (args.new - 1), 2)
-    result["runs"][name] = run
+    runs[name] = run
     print(name, run, flush=True)
 
 
-timed("warm-up (compile)", enc["input_ids"], enc["attention_mask"], 32)
-for _ in range(2):
-    timed("real prompts, check_every 32", enc["input_ids"], enc["attention_mask"], 32)
-    timed("real prompts, no checks", enc["input_ids"], enc["attention_mask"], 10**9)
-    timed("random ids unpadded, no checks", random_ids, torch.ones_like(random_ids), 10**9)
-    timed("random ids unpadded, check_every 32", random_ids, torch.ones_like(random_ids), 32)
-timed("sampling warm-up", enc["input_ids"], enc["attention_mask"], 32, temperature=1.0)
-timed("real prompts, sampling", enc["input_ids"], enc["attention_mask"], 32, temperature=1.0)
-Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-Path(args.out).write_text(json.dumps(result, indent=2))
+def replay_ms(static, replays=64):
+    """GPU time per replay of the decode graph alone, at the last call's cache position."""
+    if not static._graphs:
+        return None
+    graph = static._graphs[False][0]
+    sync()
+    start = time.perf_counter()
+    for _ in range(replays):
+        graph.replay()
+    sync()
+    return round(1000 * (time.perf_counter() - start) / replays, 3)
+
+
+def profile_steps(static, steps=32):
+    """Host (self CPU) and GPU time per decode step by op, over one short generate call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    static.check_every = 32
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        static.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=steps + 1, eos_token_ids=stop,
+                        pad_token_id=tokenizer.pad_token_id)
+        sync()
+    rows = sorted(prof.key_averages(), key=lambda e: -(e.self_cpu_time_total + e.self_device_time_total))[:15]
+    return [{"op": e.key[:70], "self_cpu_us_per_step": round(e.self_cpu_time_total / steps, 1),
+             "gpu_us_per_step": round(e.self_device_time_total / steps, 1), "calls": e.count} for e in rows]
+
+
+def measure(label, net):
+    static = static_generator_for(net, tokenizer, prompts, batch_size=args.batch, max_new_tokens=args.new, engine="static")
+    runs = {}
+    result["models"][label] = {"max_length": static.max_length, "cache_slots": sorted(set(static.cache.slots)),
+                               "runs": runs}
+    with torch.inference_mode():
+        timed(static, runs, "warm-up (compile)", enc["input_ids"], enc["attention_mask"], 32)
+        for _ in range(2):
+            timed(static, runs, "real prompts, check_every 32", enc["input_ids"], enc["attention_mask"], 32)
+            timed(static, runs, "random ids unpadded, no checks", random_ids, torch.ones_like(random_ids), 10**9)
+        result["models"][label]["replay_ms"] = replay_ms(static)
+        result["models"][label]["profile"] = profile_steps(static)
+    print(label, "replay", result["models"][label]["replay_ms"], "ms", flush=True)
+    save()
+
+
+measure("loaded (as the stage)", model)
+if args.constructed:
+    from transformers import AutoModelForCausalLM
+
+    torch._dynamo.reset()
+    built = AutoModelForCausalLM.from_config(model.config).to(device, model.dtype).eval()
+    built.load_state_dict(model.state_dict())
+    built.generation_config = model.generation_config
+    measure("constructed in the process", built)
+if args.loglik:
+    questions = records[: args.loglik]
+    for label in ("warm-up", "timed"):
+        sync()
+        start = time.perf_counter()
+        option_logprobs(model, tokenizer, questions, batch_size=args.batch)
+        sync()
+        seconds = time.perf_counter() - start
+        result[f"loglik_{label}"] = {"questions": len(questions), "seconds": round(seconds, 2),
+                                     "questions_per_s": round(len(questions) / seconds, 1)}
+        print("loglik", label, result[f"loglik_{label}"], flush=True)
+        save()
+save()

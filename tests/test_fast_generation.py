@@ -119,3 +119,50 @@ def test_one_generator_serves_every_prompt_variant(model_and_tokenizer, records,
     hf = answer_eval_set(model, tok, records, EvalParams(engine="hf", **settings), "base")
     assert len(built) == 1
     assert [r["completion"] for r in static] == [r["completion"] for r in hf]
+
+
+def test_sliding_window_ring_cache_equals_hf_generate_through_many_wraps():
+    """Sliding-window layers keep a ring of `window` slots. With a window of 8, prompts of 3 to 25 tokens and
+    30 new tokens, the ring wraps many times, in the prefill and while decoding; a full-attention layer between
+    two sliding ones reads the full-length cache. Attention is sharpened (a random-init model attends almost
+    uniformly and would not notice a wrong slot)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from mcgrpo.modeling import PRESETS
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(**{**PRESETS["tiny"], "num_hidden_layers": 3, "sliding_window": 8, "vocab_size": 300,
+                                 "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+                              pad_token_id=0, attn_implementation="sdpa")
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.fill_(3.0)
+            layer.self_attn.k_norm.weight.fill_(3.0)
+            layer.self_attn.v_proj.weight.mul_(10)
+    lengths = [3, 12, 25]
+    ids = torch.zeros((3, 25), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, 25 - n:] = torch.randint(5, 300, (n,))
+        mask[row, 25 - n:] = 1
+    enc = {"input_ids": ids, "attention_mask": mask}
+    reference = hf_greedy(model, enc, 30, [], 0)
+    generator = StaticGenerator(model, batch_size=4, max_length=25 + 30)
+    assert generator.cache.slots == [8, 55, 8]
+    ours = generator.generate(ids, mask, max_new_tokens=30, eos_token_ids=[], pad_token_id=0)
+    assert torch.equal(ours, reference)
+    # the window matters here: the same model with a window longer than everything answers differently
+    model.config.sliding_window = 4096
+    for layer in model.model.layers:
+        layer.self_attn.sliding_window = 4096 if layer.self_attn.sliding_window else None
+    assert not torch.equal(hf_greedy(model, enc, 30, [], 0), reference)
+
+
+def test_a_sliding_window_without_layer_types_is_refused():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(num_hidden_layers=2, sliding_window=16, num_attention_heads=2, num_key_value_heads=2)
+    model = SimpleNamespace(config=config)
+    with pytest.raises(ValueError, match="sliding window .16. without per-layer layer_types.*hf engine"):
+        StaticGenerator(model, batch_size=1, max_length=64)

@@ -1,4 +1,4 @@
-"""A static-shape decode loop: HF's StaticCache, one compiled decode step replayed as a CUDA graph.
+"""A static-shape decode loop: a static KV cache, one compiled decode step replayed as a CUDA graph.
 
 `model.generate` spends most of each decode step outside the GPU at Gemma 3 1B's size: Python
 logits processors and stopping criteria, and a device-to-host sync every token to ask whether all
@@ -10,8 +10,6 @@ Greedy output is token-for-token the same as `model.generate(do_sample=False)` o
 (tested in float32 on CPU, and compiled with CUDA graphs on the GPU). top-p/top-k are not supported:
 callers fall back to `generate`.
 """
-
-import copy
 
 import torch
 
@@ -89,6 +87,80 @@ def _positions(attention_mask):
     return positions.masked_fill(attention_mask == 0, 1)
 
 
+def layer_kinds(config) -> list[str]:
+    """Each layer's attention kind ("full_attention" / "sliding_attention"), as the model's config names them."""
+    kinds = getattr(config, "layer_types", None)
+    if kinds:
+        return list(kinds)
+    return ["full_attention"] * config.num_hidden_layers
+
+
+class DecodeCache:
+    """K/V buffers for StaticGenerator: max_length slots for full-attention layers, a ring of `sliding_window`
+    slots for sliding-window layers (Gemma 3 1B: 22 of 26 layers, window 512).
+
+    Position p of a sliding layer lives in slot p % window, so a decode step reads `window` slots there, not
+    max_length: at RACE lengths (prompts up to ~1,200 tokens + 256 new) that halves the attention's reads.
+    Attention is a sum over keys, so their order in the buffer does not matter; the mask says which slots hold
+    positions inside the window (StaticGenerator.decode_masks). HF's sliding-window cache gets the same memory
+    by rolling its whole window one slot on every step, which cost a third of the decode step on an H100.
+
+    The generator owns `position`, the step's cache position (a tensor at a fixed address, so a CUDA graph
+    replays writes to the right slot). A multi-token update is a prefill from position 0: it returns the
+    prompt's own K/V (the prefill attends over the prompt, not the empty rest of the cache) and stores the
+    positions later steps can see.
+    """
+
+    is_compileable = True
+
+    def __init__(self, config, batch_size: int, max_length: int, dtype, device, position: torch.Tensor):
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        window = getattr(config, "sliding_window", None)
+        self.slots = [min(window, max_length) if kind == "sliding_attention" and window else max_length
+                      for kind in layer_kinds(config)]
+        shape = (batch_size, config.num_key_value_heads)
+        self.keys = [torch.zeros(*shape, n, head_dim, dtype=dtype, device=device) for n in self.slots]
+        self.values = [torch.zeros(*shape, n, head_dim, dtype=dtype, device=device) for n in self.slots]
+        for buffer in self.keys + self.values:
+            torch._dynamo.mark_static_address(buffer)  # written in place by every replay of the CUDA graph
+        self.position = position
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        keys, values, n = self.keys[layer_idx], self.values[layer_idx], self.slots[layer_idx]
+        length = key.shape[-2]
+        if length > 1:
+            keep = min(length, n)
+            slots = torch.arange(length - keep, length, device=key.device) % n
+            keys.index_copy_(2, slots, key[:, :, length - keep:])
+            values.index_copy_(2, slots, value[:, :, length - keep:])
+            return key, value
+        slot = self.position % n
+        keys.index_copy_(2, slot, key)
+        values.index_copy_(2, slot, value)
+        return keys, values
+
+
+def prefill_masks(attention_mask, kinds: list[str], window: int | None):
+    """Boolean (batch, 1, len, len) masks over the prompt for a left-padded prefill, per layer kind.
+
+    Slot differences equal position differences between real tokens, so the window is a slot difference.
+    A pad query sees itself: a row with no key at all would give NaN, and its NaN values would reach real
+    rows through their zero attention weights (0 * NaN).
+    """
+    length = attention_mask.shape[-1]
+    q = torch.arange(length, device=attention_mask.device)[:, None]
+    k = torch.arange(length, device=attention_mask.device)[None, :]
+    full = ((k <= q) & attention_mask.bool()[:, None, None, :]) | (k == q)
+    return masks_by_kind(full, full & (q - k < window) if window else full, kinds)
+
+
+def masks_by_kind(full, sliding, kinds: list[str]):
+    """What the model takes as attention_mask: one mask per layer kind where its config has layer_types."""
+    if "sliding_attention" in kinds or len(set(kinds)) > 1:
+        return {"full_attention": full, "sliding_attention": sliding}
+    return full
+
+
 class StaticGenerator:
     """Generate for batches of left-padded prompts with a static KV cache.
 
@@ -98,25 +170,17 @@ class StaticGenerator:
 
     def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32,
                  grouped_attention: bool = True, compile_mode: str | None = None, compile_prefill: bool = False):
-        from transformers import StaticCache
-
-        if grouped_attention and model.config.num_attention_heads != model.config.num_key_value_heads:
+        config = model.config
+        self.kinds = layer_kinds(config)
+        window = getattr(config, "sliding_window", None)
+        if window and window < max_length and not getattr(config, "layer_types", None):
+            raise ValueError(f"{type(model).__name__}: a sliding window ({window}) without per-layer "
+                             "layer_types in its config is not supported by the static engine; use the hf engine")
+        self.window = window if "sliding_attention" in self.kinds else None
+        if grouped_attention and config.num_attention_heads != config.num_key_value_heads:
             use_grouped_attention(model)  # note: changes the model's attention for every later call too
         self.model, self.batch_size, self.max_length, self.check_every = model, batch_size, max_length, check_every
         self.device = next(model.parameters()).device
-        # Every layer gets a full-length cache, sliding-window layers included: HF's sliding-window cache layer
-        # rolls its whole window on every decode step (on an H100 at the 1B shape, ~80 us per layer and
-        # tensor, about a third of the step). The model still applies its sliding-window mask, by absolute
-        # position, so the attention is the same; the cost is memory (max_length instead of the window).
-        cache_config = copy.copy(model.config)
-        cache_config.layer_types = ["full_attention"] * model.config.num_hidden_layers
-        cache_config.sliding_window = None
-        self.cache = StaticCache(config=cache_config, max_cache_len=max_length)
-        # Allocated now, not on the first write, so the compiled prefill sees the same cache on every call.
-        config = model.config
-        self.cache.early_initialization(batch_size, config.num_key_value_heads,
-                                        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-                                        model.get_input_embeddings().weight.dtype, self.device)
         compile = self.device.type == "cuda" if compile is None else compile
         self.cuda_graphs = compile and self.device.type == "cuda"  # a graph needs the compiled step: no syncs in it
         # Inductor compiles the step; this class captures it in a CUDA graph itself. torch.compile's own CUDA
@@ -140,13 +204,30 @@ class StaticGenerator:
         self._cache_position = torch.zeros(1, **long)
         self._temperature = torch.ones((), device=self.device)
         self._uniform = None  # (batch, vocab) noise for sampling, allocated on the first sampling call
+        self.cache = DecodeCache(config, batch_size, max_length, model.get_input_embeddings().weight.dtype,
+                                 self.device, self._cache_position)
+        self._ring = torch.arange(min(self.window or max_length, max_length), **long)  # a sliding layer's slots
         self._graphs = {}  # sampling (bool) -> (CUDAGraph, its output tensor)
         self._marks = []  # (start, prefilled, end) CUDA events of each call, read by seconds()
 
-    def _forward(self, input_ids, attention_mask, position_ids, cache_position):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          cache_position=cache_position, past_key_values=self.cache, use_cache=True,
-                          logits_to_keep=1).logits[:, -1, :]
+    def decode_masks(self):
+        """Boolean masks of one decode step, per layer kind: (batch, 1, 1, slots).
+
+        Full layers: the slots written so far that are not padding. Sliding layers: slot s of the ring holds
+        the latest position p <= the current one with p % window == s; it is seen if p >= 0 and not padding.
+        """
+        full = self._mask.bool()[:, None, None, :]
+        if self._ring.numel() == self.max_length:  # the window covers everything the cache can hold
+            return masks_by_kind(full, full, self.kinds)
+        window = self._ring.numel()
+        position = self._cache_position - (self._cache_position - self._ring) % window
+        seen = self._mask.gather(1, position.clamp(min=0).expand(self._mask.shape[0], window)).bool()
+        sliding = (seen & (position >= 0))[:, None, None, :]
+        return masks_by_kind(full, sliding, self.kinds)
+
+    def _forward(self, input_ids, masks, position_ids):
+        return self.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
+                          past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
     @staticmethod
     def _pick(logits, temperature, uniform):
@@ -156,18 +237,20 @@ class StaticGenerator:
         gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-10)))
         return (logits.float() / temperature + gumbel).argmax(-1)
 
-    def _next_raw_tokens(self, tokens, attention_mask, positions, cache_position, temperature, uniform):
-        logits = self._forward(tokens[:, None], attention_mask, positions[:, None], cache_position)
+    def _next_raw_tokens(self, tokens, positions, temperature, uniform):
+        logits = self._forward(tokens[:, None], self.decode_masks(), positions[:, None])
         return self._pick(logits, temperature, uniform)
 
     def _step_inputs(self, sampling: bool):
-        return (self._tokens, self._mask, self._positions, self._cache_position,
-                self._temperature if sampling else None, self._uniform if sampling else None)
+        return (self._tokens, self._positions, self._temperature if sampling else None,
+                self._uniform if sampling else None)
 
     def _capture(self, sampling: bool):
-        """Compile the step, then record it as a CUDA graph; the cache is left as it was found."""
+        """Compile the step, then record it as a CUDA graph.
+
+        The warm-up runs write junk K/V into the current step's slots; the real replay overwrites them.
+        """
         inputs = self._step_inputs(sampling)
-        written = [layer.cumulative_length.clone() for layer in self.cache.layers]  # the next free cache slot
         stream = torch.cuda.Stream(device=self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):  # warm-up on a side stream, as CUDA graph capture requires
@@ -177,9 +260,6 @@ class StaticGenerator:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             output = self._step(*inputs)
-        # The warm-up steps wrote junk into the next cache slots: rewind, and the real steps overwrite it.
-        for layer, slot in zip(self.cache.layers, written):
-            layer.cumulative_length.copy_(slot)
         return graph, output
 
     def _decode(self, sampling: bool) -> torch.Tensor:
@@ -212,7 +292,6 @@ class StaticGenerator:
         mask.zero_()
         mask[:n, :prompt_len] = attention_mask.to(self.device)
         mask[n:, prompt_len - 1] = 1  # a dummy row attends to one slot, so no row is all masked
-        self.cache.reset()
         eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=self.device)
         sampling = temperature > 0
         if sampling:
@@ -229,7 +308,7 @@ class StaticGenerator:
         if marks:
             marks[0].record()
         positions = _positions(mask[:, :prompt_len])
-        logits = self._prefill(ids, mask[:, :prompt_len], positions, torch.arange(prompt_len, device=self.device))
+        logits = self._prefill(ids, prefill_masks(mask[:, :prompt_len], self.kinds, self.window), positions)
         if marks:
             marks[1].record()
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)

@@ -30,11 +30,13 @@ def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16)
     options = [[tokenizer(" " + o, add_special_tokens=False)["input_ids"] for o in r["options"]] for r in records]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    scores = []
+    scores = [None] * len(records)
     per_batch = max(1, batch_size // max(len(o) for o in options)) if records else 1  # questions per batch
+    order = sorted(range(len(records)), key=lambda i: -len(contexts[i]))  # similar lengths together: less padding
     with torch.inference_mode(), tqdm(total=sum(map(len, options)), desc="log-likelihood", unit="option") as bar:
         for start in range(0, len(records), per_batch):
-            ctx, opts = contexts[start:start + per_batch], options[start:start + per_batch]
+            batch = order[start:start + per_batch]
+            ctx, opts = [contexts[i] for i in batch], [options[i] for i in batch]
             width = max(map(len, ctx))
             # Left-padded contexts end together, so every option continues at the same cache slot.
             ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx], device=device)
@@ -61,7 +63,8 @@ def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16)
             later = logp[:, :-1].gather(-1, targets[..., None]).squeeze(-1) * opt_mask[:, 1:]
             totals = (first[which].gather(-1, opt_ids[:, :1]).squeeze(-1) + later.sum(-1)).tolist()
             totals = iter(totals)  # rows are in question order
-            scores += [[next(totals) for _ in qo] for qo in opts]
+            for i, qo in zip(batch, opts):
+                scores[i] = [next(totals) for _ in qo]
             bar.update(len(rows))
     return scores
 
