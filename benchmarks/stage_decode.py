@@ -6,7 +6,8 @@ graph replays took 4.7 ms at the same cache length. This builds one generator ex
 same batch under what differs between the two: left-padded real prompts or unpadded random ids, the stage's
 check_every=32 or none; then bare replays of its decode graph, a torch.profiler table of whole generate steps
 (host time per op: is the host the limit?), optionally the same generator over a model constructed in the
-process (`--constructed`, as decode_variants.py makes it), and the log-likelihood scorer (`--loglik N`).
+process (`--constructed`, as decode_variants.py makes it), with its prefill compiled (`--compile-prefill`), and
+the log-likelihood scorer (`--loglik N`).
 
     python benchmarks/stage_decode.py --race .bench/race_test.jsonl --tokenizer-texts .bench/race_train3000.jsonl \\
         --out $OUT/stage_decode.json
@@ -35,6 +36,8 @@ parser.add_argument("--preset", default="gemma-3-1b")
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--new", type=int, default=256)
 parser.add_argument("--constructed", action="store_true", help="also time a model constructed in the process")
+parser.add_argument("--compile-prefill", action="store_true", help="also time a generator whose prefill is compiled")
+parser.add_argument("--no-loaded", action="store_true", help="skip the stage's own generator (eager prefill)")
 parser.add_argument("--loglik", type=int, default=0, help="time log-likelihood scoring of this many questions")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
@@ -112,10 +115,12 @@ def profile_steps(static, steps=32):
              "gpu_us_per_step": round(e.self_device_time_total / steps, 1), "calls": e.count} for e in rows]
 
 
-def measure(label, net):
-    static = static_generator_for(net, tokenizer, prompts, batch_size=args.batch, max_new_tokens=args.new, engine="static")
+def measure(label, net, compile_prefill=False):
+    torch._dynamo.reset()  # each generator compiles from scratch: its warm-up is what a stage run pays
+    static = static_generator_for(net, tokenizer, prompts, batch_size=args.batch, max_new_tokens=args.new, engine="static",
+                                  compile_prefill=compile_prefill)
     runs = {}
-    result["models"][label] = {"max_length": static.max_length, "cache_slots": sorted(set(static.cache.slots)),
+    result["models"][label] = {"max_length": static.max_length, "cache_slots": sorted({layer.slots for layer in static.cache.layers}),
                                "runs": runs}
     with torch.inference_mode():
         timed(static, runs, "warm-up (compile)", enc["input_ids"], enc["attention_mask"], 32)
@@ -128,11 +133,13 @@ def measure(label, net):
     save()
 
 
-measure("loaded (as the stage)", model)
+if not args.no_loaded:
+    measure("loaded (as the stage)", model)
+if args.compile_prefill:
+    measure("loaded, prefill compiled", model, compile_prefill=True)
 if args.constructed:
     from transformers import AutoModelForCausalLM
 
-    torch._dynamo.reset()
     built = AutoModelForCausalLM.from_config(model.config).to(device, model.dtype).eval()
     built.load_state_dict(model.state_dict())
     built.generation_config = model.generation_config

@@ -121,18 +121,17 @@ def test_one_generator_serves_every_prompt_variant(model_and_tokenizer, records,
     assert [r["completion"] for r in static] == [r["completion"] for r in hf]
 
 
-def test_sliding_window_ring_cache_equals_hf_generate_through_many_wraps():
-    """Sliding-window layers keep a ring of `window` slots. With a window of 8, prompts of 3 to 25 tokens and
-    30 new tokens, the ring wraps many times, in the prefill and while decoding; a full-attention layer between
-    two sliding ones reads the full-length cache. Attention is sharpened (a random-init model attends almost
-    uniformly and would not notice a wrong slot)."""
+def ring_test_model(layer_types=("sliding_attention", "full_attention", "sliding_attention")):
+    """A float32 Gemma (3 layers: sliding, full, sliding) with a window of 8 and sharpened attention (a random-init
+    model attends almost uniformly and would not notice a wrong slot), and a left-padded batch of 3, 12 and 25
+    tokens."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from mcgrpo.modeling import PRESETS
 
     torch.manual_seed(0)
-    config = Gemma3TextConfig(**{**PRESETS["tiny"], "num_hidden_layers": 3, "sliding_window": 8, "vocab_size": 300,
-                                 "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+    config = Gemma3TextConfig(**{**PRESETS["tiny"], "num_hidden_layers": len(layer_types), "sliding_window": 8,
+                                 "vocab_size": 300, "layer_types": list(layer_types)},
                               pad_token_id=0, attn_implementation="sdpa")
     model = Gemma3ForCausalLM(config).eval()
     with torch.no_grad():
@@ -140,16 +139,23 @@ def test_sliding_window_ring_cache_equals_hf_generate_through_many_wraps():
             layer.self_attn.q_norm.weight.fill_(3.0)
             layer.self_attn.k_norm.weight.fill_(3.0)
             layer.self_attn.v_proj.weight.mul_(10)
-    lengths = [3, 12, 25]
     ids = torch.zeros((3, 25), dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
+    for row, n in enumerate([3, 12, 25]):
         ids[row, 25 - n:] = torch.randint(5, 300, (n,))
         mask[row, 25 - n:] = 1
+    return model, ids, mask
+
+
+def test_sliding_window_ring_cache_equals_hf_generate_through_many_wraps():
+    """Sliding-window layers keep a ring of `window` slots. With a window of 8, prompts of 3 to 25 tokens and
+    30 new tokens, the ring wraps many times, in the prefill and while decoding; a full-attention layer between
+    two sliding ones reads the full-length cache."""
+    model, ids, mask = ring_test_model()
     enc = {"input_ids": ids, "attention_mask": mask}
     reference = hf_greedy(model, enc, 30, [], 0)
     generator = StaticGenerator(model, batch_size=4, max_length=25 + 30)
-    assert generator.cache.slots == [8, 55, 8]
+    assert [layer.slots for layer in generator.cache.layers] == [8, 55, 8]
     ours = generator.generate(ids, mask, max_new_tokens=30, eos_token_ids=[], pad_token_id=0)
     assert torch.equal(ours, reference)
     # the window matters here: the same model with a window longer than everything answers differently
@@ -166,3 +172,26 @@ def test_a_sliding_window_without_layer_types_is_refused():
     model = SimpleNamespace(config=config)
     with pytest.raises(ValueError, match="sliding window .16. without per-layer layer_types.*hf engine"):
         StaticGenerator(model, batch_size=1, max_length=64)
+
+
+def test_compiled_layers_equal_hf_and_compile_once_per_layer_kind():
+    """Regional compilation: every decoder layer runs through one compiled function, so a model with two layer
+    kinds compiles two graphs however many layers it has (the whole step as one graph took ~75 s at the 1B
+    shape). Compiled on CPU here (inductor's C++ backend); the GPU tests add CUDA graphs."""
+    from torch._dynamo.utils import counters
+
+    model, ids, mask = ring_test_model(["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"])
+    enc = {"input_ids": ids, "attention_mask": mask}
+    reference = hf_greedy(model, enc, 12, [], 0)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    generator = StaticGenerator(model, batch_size=3, max_length=25 + 12, compile=True)
+    assert torch.equal(generator.generate(ids, mask, max_new_tokens=12, eos_token_ids=[], pad_token_id=0), reference)
+    assert counters["stats"]["unique_graphs"] - before == 2
+    # the prefill through compiled layers too (dynamic shapes), for two prompt lengths
+    generator = StaticGenerator(model, batch_size=3, max_length=25 + 12, compile=True, compile_prefill=True)
+    assert torch.equal(generator.generate(ids, mask, max_new_tokens=12, eos_token_ids=[], pad_token_id=0), reference)
+    short = {"input_ids": ids[:, 5:], "attention_mask": mask[:, 5:]}
+    assert torch.equal(generator.generate(short["input_ids"], short["attention_mask"], max_new_tokens=12,
+                                          eos_token_ids=[], pad_token_id=0), hf_greedy(model, short, 12, [], 0))
+    assert not hasattr(model.model.layers[0], "forward") or "forward" not in vars(model.model.layers[0])

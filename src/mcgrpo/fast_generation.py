@@ -1,15 +1,17 @@
-"""A static-shape decode loop: a static KV cache, one compiled decode step replayed as a CUDA graph.
+"""A static-shape decode loop: a static KV cache, a decode step compiled per layer kind and replayed as a CUDA graph.
 
 `model.generate` spends most of each decode step outside the GPU at Gemma 3 1B's size: Python
 logits processors and stopping criteria, and a device-to-host sync every token to ask whether all
-sequences are done. Here the step (forward, then greedy or temperature sampling) is one compiled
-function over fixed-address tensors, recorded once as a CUDA graph and replayed once per token; the
+sequences are done. Here the step (forward, then greedy or temperature sampling) runs over fixed-address
+tensors, its decoder layers compiled, and is recorded once as a CUDA graph and replayed once per token; the
 host only queues work, and checks for "all finished" every `check_every` tokens.
 
 Greedy output is token-for-token the same as `model.generate(do_sample=False)` on the same batch
-(tested in float32 on CPU, and compiled with CUDA graphs on the GPU). top-p/top-k are not supported:
-callers fall back to `generate`.
+(tested in float32 on CPU, eager and compiled, and compiled with CUDA graphs on the GPU). top-p/top-k are
+not supported: callers fall back to `generate`.
 """
+
+import functools
 
 import torch
 
@@ -95,9 +97,9 @@ def layer_kinds(config) -> list[str]:
     return ["full_attention"] * config.num_hidden_layers
 
 
-class DecodeCache:
-    """K/V buffers for StaticGenerator: max_length slots for full-attention layers, a ring of `sliding_window`
-    slots for sliding-window layers (Gemma 3 1B: 22 of 26 layers, window 512).
+class LayerCache:
+    """One layer's K/V buffers in StaticGenerator's cache: max_length slots for a full-attention layer, a ring
+    of `sliding_window` slots for a sliding-window layer (Gemma 3 1B: 22 of 26 layers, window 512).
 
     Position p of a sliding layer lives in slot p % window, so a decode step reads `window` slots there, not
     max_length: at RACE lengths (prompts up to ~1,200 tokens + 256 new) that halves the attention's reads.
@@ -105,39 +107,62 @@ class DecodeCache:
     positions inside the window (StaticGenerator.decode_masks). HF's sliding-window cache gets the same memory
     by rolling its whole window one slot on every step, which cost a third of the decode step on an H100.
 
-    The generator owns `position`, the step's cache position (a tensor at a fixed address, so a CUDA graph
-    replays writes to the right slot). A multi-token update is a prefill from position 0: it returns the
-    prompt's own K/V (the prefill attends over the prompt, not the empty rest of the cache) and stores the
-    positions later steps can see.
+    `position` is the generator's step position (a tensor at a fixed address, so a CUDA graph replays writes
+    to the right slot). A multi-token update is a prefill from position 0: it returns the prompt's own K/V
+    (the prefill attends over the prompt, not the empty rest of the cache) and stores what later steps see.
     """
+
+    is_compileable = True
+
+    def __init__(self, batch_size, kv_heads, slots, head_dim, dtype, device, position: torch.Tensor):
+        self.keys = torch.zeros(batch_size, kv_heads, slots, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros(batch_size, kv_heads, slots, head_dim, dtype=dtype, device=device)
+        self.slots, self.position = slots, position
+        torch._dynamo.mark_static_address(self.keys)  # written in place by every replay of the CUDA graph
+        torch._dynamo.mark_static_address(self.values)
+
+    def update(self, key, value, *args, **kwargs):
+        length, n = key.shape[-2], self.slots
+        if length > 1:
+            keep = min(length, n)
+            slots = torch.arange(length - keep, length, device=key.device) % n
+            self.keys.index_copy_(2, slots, key[:, :, length - keep:])
+            self.values.index_copy_(2, slots, value[:, :, length - keep:])
+            return key, value
+        slot = self.position % n
+        self.keys.index_copy_(2, slot, key)
+        self.values.index_copy_(2, slot, value)
+        return self.keys, self.values
+
+
+class DecodeCache:
+    """The cache the model is given: each layer's update goes to its LayerCache."""
 
     is_compileable = True
 
     def __init__(self, config, batch_size: int, max_length: int, dtype, device, position: torch.Tensor):
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         window = getattr(config, "sliding_window", None)
-        self.slots = [min(window, max_length) if kind == "sliding_attention" and window else max_length
-                      for kind in layer_kinds(config)]
-        shape = (batch_size, config.num_key_value_heads)
-        self.keys = [torch.zeros(*shape, n, head_dim, dtype=dtype, device=device) for n in self.slots]
-        self.values = [torch.zeros(*shape, n, head_dim, dtype=dtype, device=device) for n in self.slots]
-        for buffer in self.keys + self.values:
-            torch._dynamo.mark_static_address(buffer)  # written in place by every replay of the CUDA graph
-        self.position = position
+        self.layers = [LayerCache(batch_size, config.num_key_value_heads,
+                                  min(window, max_length) if kind == "sliding_attention" and window else max_length,
+                                  head_dim, dtype, device, position) for kind in layer_kinds(config)]
 
     def update(self, key, value, layer_idx, *args, **kwargs):
-        keys, values, n = self.keys[layer_idx], self.values[layer_idx], self.slots[layer_idx]
-        length = key.shape[-2]
-        if length > 1:
-            keep = min(length, n)
-            slots = torch.arange(length - keep, length, device=key.device) % n
-            keys.index_copy_(2, slots, key[:, :, length - keep:])
-            values.index_copy_(2, slots, value[:, :, length - keep:])
-            return key, value
-        slot = self.position % n
-        keys.index_copy_(2, slot, key)
-        values.index_copy_(2, slot, value)
-        return keys, values
+        return self.layers[layer_idx].update(key, value)
+
+
+def _routed_forward(compiled_layer, layer, cache, hidden_states, past_key_values=None, **kwargs):
+    return compiled_layer(layer, hidden_states, cache, **kwargs)
+
+
+def _decode_layer(layer, hidden_states, cache, **kwargs):
+    """One decoder layer over its own LayerCache, compiled (see StaticGenerator: compiled once per layer kind)."""
+    return type(layer).forward(layer, hidden_states, past_key_values=cache, **kwargs)
+
+
+def _prefill_layer(layer, hidden_states, cache, **kwargs):
+    """The same for prefills: a separate function, so its dynamic-shape compilations are cached apart."""
+    return type(layer).forward(layer, hidden_states, past_key_values=cache, **kwargs)
 
 
 def prefill_masks(attention_mask, kinds: list[str], window: int | None):
@@ -182,18 +207,24 @@ class StaticGenerator:
         self.model, self.batch_size, self.max_length, self.check_every = model, batch_size, max_length, check_every
         self.device = next(model.parameters()).device
         compile = self.device.type == "cuda" if compile is None else compile
-        self.cuda_graphs = compile and self.device.type == "cuda"  # a graph needs the compiled step: no syncs in it
-        # Inductor compiles the step; this class captures it in a CUDA graph itself. torch.compile's own CUDA
-        # graphs (mode="reduce-overhead") check every static input (each weight, each cache tensor) in Python on
-        # every call: on the H100 at the 1B shape the host took longer per token than the GPU's 4 ms of kernels.
-        # A replay here is one call. compile_mode (e.g. "max-autotune-no-cudagraphs") tunes the kernels.
-        self._step = torch.compile(self._next_raw_tokens, mode=compile_mode, fullgraph=True) if compile \
-            else self._next_raw_tokens
-        # compile_prefill: compile the prefill too, once for every prompt length (dynamic shapes). On the H100
-        # at the 1B shape it took a 128 x (512 + 256 new) call from 1.25 s to 1.08 s, but the warm-up from
-        # ~60 s to 213 s: it pays off only after hundreds of batches, so it is off unless asked for.
-        self._prefill = torch.compile(self._forward, dynamic=True, fullgraph=True) if compile and compile_prefill \
-            else self._forward
+        self.cuda_graphs = compile and self.device.type == "cuda"  # the GPU tests cover graphs of the compiled step
+        # Regional compilation: each decoder layer runs through one compiled function that takes the layer and its
+        # LayerCache as arguments, so inductor compiles one graph per layer kind (sliding, full) and every layer of
+        # that kind reuses it. Compiling the whole step as one graph took ~75 s on an H100 at the 1B shape (26
+        # layers traced and lowered one by one); the glue around the layers (embedding, rotary, masks, final norm,
+        # lm_head, token pick) stays eager, and the CUDA graph below records all of it.
+        # This class captures the step in a CUDA graph itself: torch.compile's own CUDA graphs (mode=
+        # "reduce-overhead") check every static input (each weight, each cache tensor) in Python on every call,
+        # and on the H100 the host took longer per token than the GPU. compile_mode (e.g.
+        # "max-autotune-no-cudagraphs") tunes the kernels.
+        self._decode_layer = self._prefill_layer = None
+        if compile:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self._decoder_layers = list(model.get_decoder().layers)
+            self._decode_layer = torch.compile(_decode_layer, mode=compile_mode, fullgraph=True)
+            # compile_prefill: the prefill through compiled layers too, for any prompt length (dynamic shapes).
+            self._prefill_layer = torch.compile(_prefill_layer, dynamic=True, fullgraph=True) if compile_prefill \
+                else None
         # The step's inputs live at fixed addresses, updated in place between steps: a CUDA graph replays reads
         # of exactly these tensors. Nothing is copied from the host per token (a blocking copy per token made
         # the host wait for every step).
@@ -225,9 +256,19 @@ class StaticGenerator:
         sliding = (seen & (position >= 0))[:, None, None, :]
         return masks_by_kind(full, sliding, self.kinds)
 
-    def _forward(self, input_ids, masks, position_ids):
-        return self.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
-                          past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    def _forward(self, input_ids, masks, position_ids, compiled_layer=None):
+        """Last-position logits; with compiled_layer, each decoder layer runs through it with its LayerCache."""
+        if compiled_layer is None:
+            return self.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
+                              past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        for layer, cache in zip(self._decoder_layers, self.cache.layers):
+            # an instance attribute shadows the class's forward for this call only (removed below)
+            layer.forward = functools.partial(_routed_forward, compiled_layer, layer, cache)
+        try:
+            return self._forward(input_ids, masks, position_ids)
+        finally:
+            for layer in self._decoder_layers:
+                del layer.forward
 
     @staticmethod
     def _pick(logits, temperature, uniform):
@@ -237,8 +278,8 @@ class StaticGenerator:
         gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-10)))
         return (logits.float() / temperature + gumbel).argmax(-1)
 
-    def _next_raw_tokens(self, tokens, positions, temperature, uniform):
-        logits = self._forward(tokens[:, None], self.decode_masks(), positions[:, None])
+    def _step(self, tokens, positions, temperature, uniform):
+        logits = self._forward(tokens[:, None], self.decode_masks(), positions[:, None], self._decode_layer)
         return self._pick(logits, temperature, uniform)
 
     def _step_inputs(self, sampling: bool):
@@ -246,7 +287,7 @@ class StaticGenerator:
                 self._uniform if sampling else None)
 
     def _capture(self, sampling: bool):
-        """Compile the step, then record it as a CUDA graph.
+        """Compile the step's layers (on the first warm-up run), then record the step as a CUDA graph.
 
         The warm-up runs write junk K/V into the current step's slots; the real replay overwrites them.
         """
@@ -308,7 +349,8 @@ class StaticGenerator:
         if marks:
             marks[0].record()
         positions = _positions(mask[:, :prompt_len])
-        logits = self._prefill(ids, prefill_masks(mask[:, :prompt_len], self.kinds, self.window), positions)
+        logits = self._forward(ids, prefill_masks(mask[:, :prompt_len], self.kinds, self.window), positions,
+                               self._prefill_layer)
         if marks:
             marks[1].record()
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
