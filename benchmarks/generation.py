@@ -25,7 +25,8 @@ parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--prompt", type=int, default=512)
 parser.add_argument("--new", type=int, default=256)
 parser.add_argument("--repeats", type=int, default=2)
-parser.add_argument("--engines", default="hf_dynamic,hf_static,static_generator,static_generator_sampling")
+parser.add_argument("--engines", default="hf_dynamic,hf_static,static_generator,static_generator_sampling",
+                    help="also static_generator_compiled_prefill: a second generator whose prefill is compiled too")
 parser.add_argument("--preset", default="gemma-3-1b")
 parser.add_argument("--compile-prefill", action="store_true", help="StaticGenerator compiles its prefill too")
 parser.add_argument("--out", required=True)
@@ -86,6 +87,14 @@ with torch.inference_mode():
             outputs[name] = record(name, lambda: model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False, top_k=None,
                 **static_cache)[:, args.prompt:])
+            continue
+        if name == "static_generator_compiled_prefill":
+            t = time.perf_counter()
+            compiled = StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new, check_every=args.new,
+                                       compile_prefill=True)
+            results["compiled_prefill_setup_s"] = round(time.perf_counter() - t, 1)
+            outputs[name] = record(name, lambda: compiled.generate(
+                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0))
             continue
         if generator is None:
             t = time.perf_counter()

@@ -39,6 +39,7 @@ parser.add_argument("--constructed", action="store_true", help="also time a mode
 parser.add_argument("--compile-prefill", action="store_true", help="also time a generator whose prefill is compiled")
 parser.add_argument("--no-loaded", action="store_true", help="skip the stage's own generator (eager prefill)")
 parser.add_argument("--loglik", type=int, default=0, help="time log-likelihood scoring of this many questions")
+parser.add_argument("--profile-loglik", type=int, default=0, help="torch.profiler table of scoring this many questions")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
@@ -156,4 +157,21 @@ if args.loglik:
                                      "questions_per_s": round(len(questions) / seconds, 1)}
         print("loglik", label, result[f"loglik_{label}"], flush=True)
         save()
+if args.profile_loglik:
+    from torch.profiler import ProfilerActivity, profile
+
+    questions = records[: args.profile_loglik]
+    sync()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        option_logprobs(model, tokenizer, questions, batch_size=args.batch)
+        sync()
+    seconds = time.perf_counter() - start
+    gpu_s = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+    rows = sorted(prof.key_averages(), key=lambda e: -(e.self_cpu_time_total + e.self_device_time_total))[:20]
+    result["loglik_profile"] = {"questions": len(questions), "wall_s": round(seconds, 2), "gpu_busy_s": round(gpu_s, 2),
+                                "top": [{"op": e.key[:70], "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1),
+                                         "gpu_ms": round(e.self_device_time_total / 1000, 1), "calls": e.count}
+                                        for e in rows]}
+    print("loglik profile", json.dumps(result["loglik_profile"], indent=1), flush=True)
 save()

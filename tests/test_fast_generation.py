@@ -195,3 +195,22 @@ def test_compiled_layers_equal_hf_and_compile_once_per_layer_kind():
     assert torch.equal(generator.generate(short["input_ids"], short["attention_mask"], max_new_tokens=12,
                                           eos_token_ids=[], pad_token_id=0), hf_greedy(model, short, 12, [], 0))
     assert not hasattr(model.model.layers[0], "forward") or "forward" not in vars(model.model.layers[0])
+
+
+def test_prompts_are_tokenized_once_and_left_padded(model_and_tokenizer, records, monkeypatch):
+    """generate takes texts or their ids (the eval stage tokenizes each variant once for the generator's size and
+    every batch); both give the same answers, and ids are left-padded."""
+    from mcgrpo.generation import encode_prompts, generate, left_pad
+    from mcgrpo.prompts import render_prompt
+
+    model, tok = model_and_tokenizer
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_token_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    texts = [render_prompt(tok, r, "direct") for r in records]
+    encoded = encode_prompts(tok, texts)
+    assert encoded[0] == tok(texts[0], add_special_tokens=False)["input_ids"] and encode_prompts(tok, encoded) == encoded
+    calls = []
+    monkeypatch.setattr(type(tok), "__call__", lambda self, *a, **k: calls.append(a) or pytest.fail("re-tokenized"))
+    from_ids = generate(model, tok, encoded, batch_size=4, max_new_tokens=6, engine="static")
+    monkeypatch.undo()
+    assert from_ids == generate(model, tok, texts, batch_size=4, max_new_tokens=6, engine="static") and not calls

@@ -5,7 +5,7 @@ import time
 import torch
 
 from mcgrpo.data.stats import question_kind
-from mcgrpo.generation import generate, static_generator_for
+from mcgrpo.generation import encode_prompts, generate, static_generator_for
 from mcgrpo.loglik import loglik_rows
 from mcgrpo.prompts import render_prompt
 from mcgrpo.rewards import reasoning_text, score_completion
@@ -20,7 +20,8 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str)
     if ep.mode in ("loglik", "both"):
         rows += loglik_rows(model, tokenizer, records, ep.batch_size, model_label, question_kind)
     variants = ep.variants if ep.mode in ("generate", "both") else []
-    prompts_by_variant = {v: [render_prompt(tokenizer, r, v) for r in records] for v in variants}
+    # tokenized once, here: the generator's size and every batch come from these ids
+    prompts_by_variant = {v: encode_prompts(tokenizer, [render_prompt(tokenizer, r, v) for r in records]) for v in variants}
     # One generator for every variant, sized for the longest prompt of any: compiled once per stage run.
     static = static_generator_for(model, tokenizer, [p for ps in prompts_by_variant.values() for p in ps],
                                   batch_size=min(ep.batch_size, len(records)), max_new_tokens=ep.max_new_tokens,

@@ -124,6 +124,7 @@ class FastRollouts:
 
     def __call__(self, prompts: list, trainer) -> dict:
         from mcgrpo.fast_generation import StaticGenerator
+        from mcgrpo.generation import left_pad
 
         start = time.perf_counter()
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)  # TRL's own chat templating, so ids match its forward
@@ -138,10 +139,7 @@ class FastRollouts:
                 model, batch_size=len(prompt_ids), max_length=max(need, self.max_prompt_tokens + trainer.max_completion_length),
                 grouped_attention=self.grouped_attention)
         pad = trainer._tokenizer.pad_token_id
-        rows = [torch.tensor(ids) for ids in prompt_ids]
-        input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad, padding_side="left")
-        attention_mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True,
-                                                         padding_value=0, padding_side="left")
+        input_ids, attention_mask = left_pad(prompt_ids, pad)
         was_training = model.training
         model.eval()
         try:
