@@ -261,14 +261,18 @@ class StaticGenerator:
         if compiled_layer is None:
             return self.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
                               past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        # an instance attribute shadows the class's forward for this call only; one set before (a hook's) is put back
+        before = [vars(layer).get("forward") for layer in self._decoder_layers]
         for layer, cache in zip(self._decoder_layers, self.cache.layers):
-            # an instance attribute shadows the class's forward for this call only (removed below)
             layer.forward = functools.partial(_routed_forward, compiled_layer, layer, cache)
         try:
             return self._forward(input_ids, masks, position_ids)
         finally:
-            for layer in self._decoder_layers:
-                del layer.forward
+            for layer, forward in zip(self._decoder_layers, before):
+                if forward is None:
+                    del layer.forward
+                else:
+                    layer.forward = forward
 
     @staticmethod
     def _pick(logits, temperature, uniform):
