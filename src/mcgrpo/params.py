@@ -74,7 +74,7 @@ class EvalParams(Section):
 
     mode: Literal["generate", "loglik", "both"] = "both"  # loglik: option log-likelihood, no generation
     engine: Literal["auto", "hf", "static"] = "auto"  # static: compiled static-cache decode (CUDA); auto: static on CUDA
-    compile_prefill: bool = False  # static engine: compile the prefill too (faster per batch, ~150 s more warm-up)
+    compile_prefill: bool = False  # static engine: compile the prefill too (0.2–0.4 s less per 128-prompt batch at 1B, ~16 s more warm-up)
     variants: list[str] = ["direct", "cot"]
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(512, gt=0)
