@@ -9,6 +9,7 @@ It is fast (one forward pass per question and a short one per option, no decodin
 import torch
 from tqdm.auto import tqdm
 
+from mcgrpo.generation import left_pad
 from mcgrpo.rewards import LETTERS
 
 VARIANT = "loglik"
@@ -41,10 +42,8 @@ def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16)
         for start in range(0, len(records), per_batch):
             batch = order[start:start + per_batch]
             ctx, opts = [contexts[i] for i in batch], [options[i] for i in batch]
-            width = max(map(len, ctx))
             # Left-padded contexts end together, so every option continues at the same cache slot.
-            ids = torch.tensor([[pad] * (width - len(c)) + c for c in ctx], device=device)
-            ctx_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in ctx], device=device)
+            ids, ctx_mask = left_pad(ctx, pad, device)
             # Positions count from each row's first real token (as unpadded), so the options can continue them.
             out = model(input_ids=ids, attention_mask=ctx_mask, position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0),
                         use_cache=True, logits_to_keep=1)
