@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mcgrpo.fast_generation import StaticGenerator, use_grouped_attention  # noqa: E402
-from mcgrpo.modeling import PRESETS  # noqa: E402
+from mcgrpo.tiny import PRESETS  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--batch", type=int, default=128)

@@ -26,7 +26,8 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mcgrpo.data.synthetic import make_hinted_mc, make_synthetic_mc  # noqa: E402
 from mcgrpo.fileio import write_jsonl  # noqa: E402
-from mcgrpo.modeling import build_tiny_model, load_model  # noqa: E402
+from mcgrpo.modeling import load_model  # noqa: E402
+from mcgrpo.tiny import build_tiny_model  # noqa: E402
 from mcgrpo.params import ModelParams, TrainParams  # noqa: E402
 from mcgrpo.training import run_fingerprint, train_grpo  # noqa: E402
 

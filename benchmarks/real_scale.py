@@ -25,7 +25,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from mcgrpo.demo import deep_merge  # noqa: E402
 from mcgrpo.fileio import read_jsonl  # noqa: E402
-from mcgrpo.modeling import build_tiny_model, question_texts  # noqa: E402
+from mcgrpo.tiny import build_tiny_model, question_texts  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--race", required=True)

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mcgrpo.fileio import read_jsonl  # noqa: E402
 from mcgrpo.generation import static_generator_for  # noqa: E402
 from mcgrpo.loglik import option_logprobs  # noqa: E402
-from mcgrpo.modeling import build_tiny_model, load_model, question_texts  # noqa: E402
+from mcgrpo.modeling import load_model  # noqa: E402
+from mcgrpo.tiny import build_tiny_model, question_texts  # noqa: E402
 from mcgrpo.params import ModelParams  # noqa: E402
 from mcgrpo.prompts import render_prompt  # noqa: E402
 

@@ -13,7 +13,7 @@ def main():
     p = load_params()
     records = read_jsonl(paths.EVAL_SET)
     model, tokenizer, _ = load_model(p.model)
-    rows = answer_eval_set(model, tokenizer, records, p.eval, "base")
+    rows = answer_eval_set(model, tokenizer, records, p.eval, "base", shots=read_jsonl(paths.SHOTS))
     metrics = summarize(rows)
     write_jsonl(paths.BASELINE_PREDICTIONS, rows)
     write_json(paths.BASELINE_METRICS, metrics)

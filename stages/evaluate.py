@@ -13,7 +13,7 @@ def main():
     p = load_params()
     records = read_jsonl(paths.EVAL_SET)
     model, tokenizer, _ = load_model(p.model, adapter_dir=paths.ADAPTER)
-    rows = answer_eval_set(model, tokenizer, records, p.eval, "finetuned")
+    rows = answer_eval_set(model, tokenizer, records, p.eval, "finetuned", shots=read_jsonl(paths.SHOTS))
     comparison = compare(read_jsonl(paths.BASELINE_PREDICTIONS), rows)
     write_jsonl(paths.FINETUNED_PREDICTIONS, rows)
     write_json(paths.FINETUNED_METRICS, summarize(rows))

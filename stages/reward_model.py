@@ -9,7 +9,7 @@ from mcgrpo.generation import generate
 from mcgrpo.modeling import load_model
 from mcgrpo.params import load_params
 from mcgrpo.plots import plot_calibration, write_csv
-from mcgrpo.prompts import render_prompt
+from mcgrpo.prompts import render_prompt, stop_token_ids
 from mcgrpo.reward_model import fit_reward_model, save
 from mcgrpo.rewards import score_completion
 
@@ -20,9 +20,11 @@ def main():
     questions = read_jsonl(paths.TRAIN_SET)[:rp.n_questions]
     model, tokenizer, _ = load_model(p.model)
     repeated = [r for r in questions for _ in range(rp.samples_per_question)]
-    outputs = generate(model, tokenizer, [render_prompt(tokenizer, r, rp.variant) for r in repeated],
+    shots = read_jsonl(paths.SHOTS)
+    outputs = generate(model, tokenizer, [render_prompt(tokenizer, r, rp.variant, shots) for r in repeated],
                        batch_size=rp.batch_size, max_new_tokens=rp.max_new_tokens, temperature=rp.temperature,
-                       top_p=rp.top_p, seed=rp.seed, desc="reward-model data")
+                       top_p=rp.top_p, seed=rp.seed, desc="reward-model data",
+                       stop_ids=stop_token_ids(tokenizer, rp.variant))
     rows = [{"id": r["id"], "context": r["context"], "question": r["question"], "options": r["options"],
              "answer": r["answer"], "completion": out["text"],
              **score_completion(out["text"], r["answer"], len(r["options"]), rp.variant)}

@@ -41,7 +41,7 @@ def main():
     print(f"rollouts: {engine}")
 
     summary = train_grpo(
-        model, tokenizer, peft_config, records, p.train, checkpoints=paths.CHECKPOINTS, adapter_out=paths.ADAPTER,
+        model, tokenizer, peft_config, records, p.train, shots=read_jsonl(paths.SHOTS), checkpoints=paths.CHECKPOINTS, adapter_out=paths.ADAPTER,
         live_dir=paths.TRAIN_LOGS, fingerprint=run_fingerprint(p.train, p.model, paths.TRAIN_SET, paths.REWARD_MODEL),
         bf16=torch_dtype(p.model.dtype) == torch.bfloat16, reward_model_file=paths.REWARD_MODEL, engine=engine)
     if process_state().is_main_process:

@@ -127,7 +127,7 @@ def ring_test_model(layer_types=("sliding_attention", "full_attention", "sliding
     tokens."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from mcgrpo.modeling import PRESETS
+    from mcgrpo.tiny import PRESETS
 
     torch.manual_seed(0)
     config = Gemma3TextConfig(**{**PRESETS["tiny"], "num_hidden_layers": len(layer_types), "sliding_window": 8,

@@ -48,7 +48,8 @@ def test_adapter_that_does_not_match_the_base_model(tiny_model_params, tmp_path)
     from peft import LoraConfig, get_peft_model
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from mcgrpo.modeling import PRESETS, load_model
+    from mcgrpo.modeling import load_model
+    from mcgrpo.tiny import PRESETS
 
     other = Gemma3ForCausalLM(Gemma3TextConfig(**{**PRESETS["tiny"], "hidden_size": 96, "vocab_size": 300}))
     get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")

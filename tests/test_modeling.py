@@ -5,7 +5,8 @@ import torch
 
 from mcgrpo.errors import UserError
 from mcgrpo.generation import generate
-from mcgrpo.modeling import PRESETS, build_model, load_model, pick_backend
+from mcgrpo.modeling import load_model, pick_backend
+from mcgrpo.tiny import PRESETS, build_model
 from mcgrpo.params import ModelParams
 from mcgrpo.prompts import render_prompt
 
@@ -62,8 +63,12 @@ def test_tokenizer_without_chat_template(tiny_model_dir, tmp_path):
     cfg = json.loads((broken / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
     (broken / "tokenizer_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UserError, match="no chat template"):
-        load_model(ModelParams(name=str(broken), backend="transformers"))
+    # a pretrained model loads (completion variants need no template); a chat variant is refused clearly
+    _, tok, _ = load_model(ModelParams(name=str(broken), backend="transformers"))
+    record = {"context": "Tom went home.", "question": "Where?", "options": ["home", "school"], "answer": "A"}
+    with pytest.raises(UserError, match="needs a chat template.*completion variant"):
+        render_prompt(tok, record, "cot")
+    assert render_prompt(tok, record, "completion_direct").startswith("<bos>Article: Tom went home.")
 
 
 def test_backend_choice_on_cpu():
@@ -137,7 +142,7 @@ def test_eval_modes(tiny_model_params, records):
 
 def test_warm_start_teaches_the_answer_format(tmp_path, records):
     # The demo depends on this: without it every GRPO reward is 0. 120 steps keep the test short.
-    from mcgrpo.modeling import build_tiny_model
+    from mcgrpo.tiny import build_tiny_model
 
     params = ModelParams(name=str(build_tiny_model(tmp_path / "warm", warm_start_steps=120)), backend="transformers")
     model, tok, _ = load_model(params)

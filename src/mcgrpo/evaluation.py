@@ -7,21 +7,23 @@ import torch
 from mcgrpo.data.stats import question_kind
 from mcgrpo.generation import encode_prompts, generate, static_generator_for
 from mcgrpo.loglik import loglik_rows
-from mcgrpo.prompts import render_prompt
+from mcgrpo.prompts import render_prompt, stop_token_ids
 from mcgrpo.rewards import reasoning_text, score_completion
 
 
-def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str) -> list[dict]:
+def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str, shots: list[dict] = ()) -> list[dict]:
     """Prediction rows (id, variant, model, completion, pred, correct, format_ok, reward, n_tokens, ...).
 
     eval.mode: "generate" (each prompt variant), "loglik" (option log-likelihood, no generation) or both.
+    shots: solved examples shown before each completion-variant question (prepare.n_shots).
     """
     rows = []
     if ep.mode in ("loglik", "both"):
         rows += loglik_rows(model, tokenizer, records, ep.batch_size, model_label, question_kind)
     variants = ep.variants if ep.mode in ("generate", "both") else []
     # tokenized once, here: the generator's size and every batch come from these ids
-    prompts_by_variant = {v: encode_prompts(tokenizer, [render_prompt(tokenizer, r, v) for r in records]) for v in variants}
+    prompts_by_variant = {v: encode_prompts(tokenizer, [render_prompt(tokenizer, r, v, shots) for r in records])
+                          for v in variants}
     # One generator for every variant, sized for the longest prompt of any: compiled once per stage run.
     static = static_generator_for(model, tokenizer, [p for ps in prompts_by_variant.values() for p in ps],
                                   batch_size=min(ep.batch_size, len(records)), max_new_tokens=ep.max_new_tokens,
@@ -30,7 +32,8 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str)
         start = time.perf_counter()
         outputs = generate(model, tokenizer, prompts, batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,
                            temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed, engine=ep.engine,
-                           desc=f"{model_label} / {variant}", static=static)
+                           desc=f"{model_label} / {variant}", static=static,
+                           stop_ids=stop_token_ids(tokenizer, variant))
         seconds = time.perf_counter() - start
         new_tokens = sum(o["n_tokens"] for o in outputs)
         memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""

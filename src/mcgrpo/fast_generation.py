@@ -276,7 +276,13 @@ class StaticGenerator:
 
     @staticmethod
     def _pick(logits, temperature, uniform):
-        """Greedy tokens, or (uniform noise given) a sample from softmax(logits / T) by the Gumbel-max trick."""
+        """Greedy tokens, or (uniform noise given) a sample from softmax(logits / T) by the Gumbel-max trick.
+
+        A NaN logit is never picked (argmax would pick it: NaN compares as the largest); +inf stays the pick.
+        The Gumbel-max trick draws with argmax, so no non-finite value can make it fail the way
+        torch.multinomial's device-side assert does.
+        """
+        logits = logits.masked_fill(logits.isnan(), float("-inf"))
         if uniform is None:
             return logits.argmax(-1)
         gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-10)))

@@ -54,18 +54,22 @@ def static_generator_for(model, tokenizer, prompts, *, batch_size: int, max_new_
 
 
 def generate(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, temperature=0.0,
-             top_p=1.0, seed=0, desc="generating", engine="auto", static=None) -> list[dict]:
+             top_p=1.0, seed=0, desc="generating", engine="auto", static=None, stop_ids=()) -> list[dict]:
     """[{"text", "n_tokens", "finished"}] per prompt (texts, or their token ids from encode_prompts); text has
     special tokens removed.
 
     static: a StaticGenerator from static_generator_for to reuse (engine static); else one is built here.
+    stop_ids: tokens that end a completion besides the model's end-of-sequence ones (prompts.stop_token_ids);
+    the text keeps a stop token of these, since it can hold more than a newline.
     """
     torch.manual_seed(seed)
-    stop_ids = set(model.generation_config.eos_token_id or [])
+    eos_ids = set(model.generation_config.eos_token_id or [])
+    stop_ids = eos_ids | set(stop_ids)
     prompts = encode_prompts(tokenizer, prompts)  # once: 4,934 RACE prompts took seconds per tokenizer pass
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: OOM shows up at once
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
-        {"do_sample": False}
+    # remove_invalid_values: a non-finite logit (NaN/inf) would make torch.multinomial fail with a device-side assert
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "remove_invalid_values": True} \
+        if temperature > 0 else {"do_sample": False}
     results = [None] * len(prompts)
     device = next(model.parameters()).device
     engine = resolve_engine(engine, device, top_p)
@@ -87,11 +91,11 @@ def generate(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, te
                                              temperature=temperature, generator=rng).tolist()
             else:
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     top_k=None, **sampling)
+                                     eos_token_id=sorted(stop_ids), top_k=None, **sampling)
                 new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
             for i, ids in zip(batch, new_tokens):
                 end = next((k for k, t in enumerate(ids) if t in stop_ids), None)
-                kept = ids if end is None else ids[:end]
+                kept = ids if end is None else ids[:end + (ids[end] not in eos_ids)]
                 results[i] = {"text": tokenizer.decode(kept, skip_special_tokens=True).strip(),
                               "n_tokens": len(kept), "finished": end is not None}
             bar.update(len(batch))

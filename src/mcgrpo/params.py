@@ -23,7 +23,9 @@ LEARNED_REWARD = "learned"  # the reward_model stage's classifier, the one rewar
 
 def check_variant(variant: str) -> str:
     if variant not in VARIANTS:
-        raise ValueError(f"unknown prompt variant {variant!r}; choose from {list(VARIANTS)}")
+        hint = difflib.get_close_matches(variant, VARIANTS, n=1)
+        raise ValueError(f"unknown prompt variant {variant!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                         f"choose from {list(VARIANTS)}")
     return variant
 
 
@@ -66,6 +68,7 @@ class PrepareParams(Section):
     n_eval: int | None = Field(300, gt=0)
     seed: int = 42
     max_prompt_tokens: int = Field(1024, gt=0)  # longer prompts are dropped and counted, never cut
+    n_shots: int = Field(0, ge=0, le=8)  # solved train questions shown before each completion-variant question
     fields: FieldMap = FieldMap(id="example_id", context="article")
 
 
@@ -92,9 +95,10 @@ class EvalParams(Section):
     @field_validator("variants")
     @classmethod
     def known_variants(cls, variants):
-        unknown = [v for v in variants if v not in VARIANTS]
-        if unknown or not variants:
-            raise ValueError(f"unknown prompt variant(s) {unknown}; choose from {list(VARIANTS)}")
+        if not variants:
+            raise ValueError(f"no prompt variants; choose from {list(VARIANTS)}")
+        for variant in variants:
+            check_variant(variant)
         return variants
 
 

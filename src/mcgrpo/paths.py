@@ -4,6 +4,7 @@ from pathlib import Path
 
 PREPARED = Path("data/prepared")
 TRAIN_SET, EVAL_SET, DATA_STATS = PREPARED / "train.jsonl", PREPARED / "eval.jsonl", PREPARED / "stats.json"
+SHOTS = PREPARED / "shots.jsonl"  # solved examples for completion prompts (prepare.n_shots; empty when 0)
 PREDICTIONS = Path("data/predictions")
 BASELINE_PREDICTIONS, FINETUNED_PREDICTIONS = PREDICTIONS / "baseline.jsonl", PREDICTIONS / "finetuned.jsonl"
 ADAPTER, CHECKPOINTS = Path("models/adapter"), Path("models/checkpoints")

@@ -1,10 +1,20 @@
 """Prompt variants: every instruction the model sees is defined here, once.
 
-Gemma has no system role, so instructions go at the top of the single user turn; the chat
-template itself comes from the tokenizer (`apply_chat_template`), never from a string here.
+Two families:
+- chat variants (`direct`, `cot`) for instruction-tuned models: one user turn rendered by the tokenizer's
+  own chat template (Gemma has no system role, so the instructions open the user turn);
+- completion variants (`completion_direct`, `completion_cot`) for pretrained models, which have no chat
+  template and under one only repeat the instructions: plain text that ends where the answer starts
+  ("Article: ... Question: ... A. ... Answer:"), optionally after k solved examples from the train split
+  (prepare.n_shots). The reasoning form asks for reasoning, then a fixed final line "Answer: X".
+
+A completion model does not stop by itself: it writes the answer and goes on with a new question.
+`rewards.answer_span` cuts a completion to the part its variant asks for, and `stop_token_ids` lets
+generation stop there; training rewards and evaluation both judge the cut text, so they agree.
 """
 
-from mcgrpo.rewards import LETTERS
+from mcgrpo.errors import UserError
+from mcgrpo.rewards import COMPLETION_PREFIX, LETTERS
 
 INSTRUCTIONS = {
     "direct": (
@@ -16,24 +26,102 @@ INSTRUCTIONS = {
         "First think step by step inside <reasoning> </reasoning>, quoting the passage where it helps. "
         "Then give only the letter of the correct option inside <answer> </answer>."
     ),
+    "completion_direct": "",  # the layout alone says what comes next: "Answer:" and a letter
+    "completion_cot": (
+        "Answer the question about the article. Explain your reasoning in one paragraph, then write "
+        "the final line \"Answer: \" followed by the letter of the correct option."
+    ),
 }
 VARIANTS = tuple(INSTRUCTIONS)
+CHAT_VARIANTS = ("direct", "cot")
+COMPLETION_VARIANTS = tuple(v for v in VARIANTS if v.startswith(COMPLETION_PREFIX))
+# Where the model's text starts, after the question (a completion prompt ends with it).
+_CUE = {"completion_direct": "Answer:", "completion_cot": "Reasoning:"}
+
+
+def is_chat(variant: str) -> bool:
+    return variant in CHAT_VARIANTS
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise KeyError(f"unknown prompt variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    return variant
 
 
 def format_question(record: dict) -> str:
-    """Passage, question and lettered options as the user sees them."""
+    """Passage, question and lettered options as the user sees them (chat variants)."""
     options = "\n".join(f"{LETTERS[i]}) {text}" for i, text in enumerate(record["options"]))
     passage = f"Passage:\n{record['context']}\n\n" if record.get("context") else ""
     return f"{passage}Question: {record['question']}\n\nOptions:\n{options}"
 
 
+def instructions(record: dict, variant: str) -> str:
+    """The variant's instructions; without a passage (ARC, OpenBookQA) they do not mention one."""
+    text = INSTRUCTIONS[check_variant(variant)]
+    if not record.get("context"):
+        text = text.replace("Read the passage and answer", "Answer").replace(" about the article", "")
+        text = text.replace(", quoting the passage where it helps", "")
+    return text
+
+
 def build_messages(record: dict, variant: str) -> list[dict]:
-    """The conversation for one question: a single user turn (instructions folded in)."""
-    if variant not in INSTRUCTIONS:
-        raise KeyError(f"unknown prompt variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    return [{"role": "user", "content": f"{INSTRUCTIONS[variant]}\n\n{format_question(record)}"}]
+    """The conversation for one question: a single user turn (instructions folded in). Chat variants only."""
+    if not is_chat(check_variant(variant)):
+        raise KeyError(f"prompt variant {variant!r} is a completion prompt, not a conversation")
+    return [{"role": "user", "content": f"{instructions(record, variant)}\n\n{format_question(record)}"}]
 
 
-def render_prompt(tokenizer, record: dict, variant: str) -> str:
-    """The exact prompt text the model is given, through the tokenizer's own chat template."""
-    return tokenizer.apply_chat_template(build_messages(record, variant), tokenize=False, add_generation_prompt=True)
+def completion_question(record: dict) -> str:
+    """One question in the completion layout (as lm-evaluation-harness lays out RACE, options lettered)."""
+    options = "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(record["options"]))
+    passage = f"Article: {record['context']}\n\n" if record.get("context") else ""
+    return f"{passage}Question: {record['question']}\n{options}\n"
+
+
+def completion_text(record: dict, variant: str, shots: list[dict] = ()) -> str:
+    """A completion prompt without <bos>: instructions, solved shots, then the question and its cue."""
+    head = instructions(record, variant)
+    # Shots show the answer line only: RACE has no written reasoning to show.
+    solved = "".join(f"{completion_question(s)}Answer: {s['answer']}\n\n" for s in shots)
+    return (f"{head}\n\n" if head else "") + solved + completion_question(record) + _CUE[variant]
+
+
+def render_prompt(tokenizer, record: dict, variant: str, shots: list[dict] = ()) -> str:
+    """The exact prompt text the model is given, starting with <bos> (token it with add_special_tokens=False).
+
+    Chat variants go through the tokenizer's own chat template; completion variants take `shots`.
+    """
+    if is_chat(check_variant(variant)):
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError(f"prompt variant {variant!r} needs a chat template, and this tokenizer "
+                            f"({getattr(tokenizer, 'name_or_path', '?')}) has none: use a completion variant "
+                            f"({', '.join(COMPLETION_VARIANTS)}) for a pretrained model, or an instruction-tuned "
+                            "(-it) model")
+        return tokenizer.apply_chat_template(build_messages(record, variant), tokenize=False,
+                                             add_generation_prompt=True)
+    return (tokenizer.bos_token or "") + completion_text(record, variant, shots)
+
+
+def trainer_prompt(record: dict, variant: str, shots: list[dict] = ()):
+    """The prompt as TRL's GRPOTrainer takes it: a conversation (chat) or text it tokenizes with <bos> added."""
+    return build_messages(record, variant) if is_chat(variant) else completion_text(record, variant, shots)
+
+
+# --- where a completion ends (rewards.answer_span cuts the text the same way) --------------------------
+
+
+def stop_token_ids(tokenizer, variant: str) -> list[int]:
+    """Tokens, besides end-of-sequence, after which a completion of this variant is over.
+
+    completion_direct ends with its line (any token holding a newline); completion_cot with its paragraph
+    and final line (any token holding a blank line). Chat variants end at <end_of_turn>, already a stop.
+    """
+    if is_chat(variant):
+        return []
+    mark = "\n" if variant == "completion_direct" else "\n\n"
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    # byte-level BPE spells a newline "Ċ"; SentencePiece spells it as itself
+    return sorted(i for i, piece in enumerate(pieces)
+                  if piece and (mark in piece or mark.replace("\n", "Ċ") in piece) and i not in
+                  tokenizer.all_special_ids)

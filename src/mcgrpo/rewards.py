@@ -34,6 +34,11 @@ _SECOND = re.compile(r"^[)\]}*_`'\".]*\s*(?:,|/|&|\bor\b|\band\b)\s*[(\[]?\s*(?P
 # A completion that is nothing but an answer: "C", "(C)", "C.", "C) The boy ...", "**C**".
 _BARE = re.compile(r"^[\s*_`]*(?P<open>[(\[]?)(?P<letter>[A-J])(?:[)\].:]|\*\*|\s*$)", re.S)
 _STRICT_FORMAT = re.compile(r"^\s*<reasoning>(?P<reasoning>.+?)</reasoning>\s*<answer>\s*[A-J]\s*</answer>\s*$", re.S)
+# completion_cot: reasoning, then the final line "Answer: X"
+_FINAL_LINE_FORMAT = re.compile(r"^\s*(?P<reasoning>\S.*?)\n[ \t]*Answer\s*:\s*\(?[A-J]\)?\.?\s*$", re.S)
+_FINAL_LINE = re.compile(r"^[ \t]*(?:final\s+)?answer\s*:[^\n]*", re.I | re.M)
+_NEW_EXAMPLE = re.compile(r"\n\s*(?:Article|Question|Passage)\s*:")
+COMPLETION_PREFIX = "completion_"  # prompt variants for pretrained models (prompts.COMPLETION_VARIANTS)
 
 
 def completion_text(completion) -> str:
@@ -94,6 +99,25 @@ def extract_answer(text, n_options: int = 4) -> str | None:
     return letter
 
 
+def answer_span(text, variant: str = "cot") -> str:
+    """The part of a completion its prompt variant asks for.
+
+    A pretrained model given a completion prompt writes its answer, then goes on with a new question:
+    completion_direct keeps the first line; completion_cot keeps everything up to the end of the first
+    "Answer: ..." line, or up to the next question when there is none. Chat variants keep all of it.
+    """
+    text = completion_text(text)
+    if not variant.startswith(COMPLETION_PREFIX):
+        return text
+    text = text.strip()
+    if variant == "completion_direct":
+        return text.split("\n", 1)[0].strip()
+    match = _FINAL_LINE.search(text)
+    if match:
+        return text[:match.end()].strip()
+    return _NEW_EXAMPLE.split(text, 1)[0].strip()
+
+
 def reasoning_text(text: str) -> str:
     """The reasoning part of a completion: inside <reasoning> tags if present, else all but the answer tag."""
     text = completion_text(text)
@@ -105,24 +129,35 @@ def reasoning_text(text: str) -> str:
 
 def follows_format(text: str, variant: str = "cot") -> bool:
     """Did the completion answer in the form the prompt variant asked for?"""
-    text = completion_text(text)
-    if variant == "direct":
+    text = answer_span(text, variant)
+    if variant in ("direct", "completion_direct"):
         return _BARE.match(text) is not None and len(text.strip()) <= 12
+    if variant == "completion_cot":
+        return _FINAL_LINE_FORMAT.match(text) is not None
     return _STRICT_FORMAT.match(text) is not None
 
 
 # --- rewards: TRL signature, one float per completion -------------------------------------------
 
 
-def correctness_reward(completions, answer, n_options=None, **kwargs) -> list[float]:
-    """1.0 when the declared letter equals the gold letter, else 0.0."""
+def _variants(variant, n: int) -> list[str]:
+    """TRL passes dataset columns as lists (one entry per completion); plain calls may pass one name or none."""
+    if variant is None or isinstance(variant, str):
+        return [variant or "cot"] * n
+    return list(variant)
+
+
+def correctness_reward(completions, answer, n_options=None, variant=None, **kwargs) -> list[float]:
+    """1.0 when the declared letter (in the part the prompt variant asks for) equals the gold letter, else 0.0."""
     n_options = n_options or [4] * len(completions)
-    return [float(extract_answer(c, n) == gold) for c, gold, n in zip(completions, answer, n_options)]
+    return [float(extract_answer(answer_span(c, v), n) == gold)
+            for c, gold, n, v in zip(completions, answer, n_options, _variants(variant, len(completions)))]
 
 
-def format_reward(completions, **kwargs) -> list[float]:
-    """1.0 for exactly `<reasoning>...</reasoning><answer>X</answer>`, else 0.0."""
-    return [float(follows_format(c, "cot")) for c in completions]
+def format_reward(completions, variant=None, **kwargs) -> list[float]:
+    """1.0 when the completion has its variant's form (cot: exactly `<reasoning>...</reasoning><answer>X</answer>`;
+    direct: the letter alone; completion_cot: reasoning, then a final line `Answer: X`), else 0.0."""
+    return [float(follows_format(c, v)) for c, v in zip(completions, _variants(variant, len(completions)))]
 
 
 def tag_count_reward(completions, **kwargs) -> list[float]:
@@ -139,23 +174,23 @@ REWARDS = {
 DEFAULT_WEIGHTS = {"correct": 1.0, "format": 0.2, "tags": 0.0}
 
 
-def mc_reward(completions, answer, n_options=None, weights=None, **kwargs) -> list[float]:
+def mc_reward(completions, answer, n_options=None, weights=None, variant=None, **kwargs) -> list[float]:
     """Correctness plus a smaller format term: the reward the pipeline trains on."""
     weights = DEFAULT_WEIGHTS if weights is None else weights
     total = [0.0] * len(completions)
     for name, weight in weights.items():
         if weight:
-            scores = REWARDS[name](completions, answer=answer, n_options=n_options, **kwargs)
+            scores = REWARDS[name](completions, answer=answer, n_options=n_options, variant=variant, **kwargs)
             total = [t + weight * s for t, s in zip(total, scores)]
     return total
 
 
 def score_completion(completion, answer: str, n_options: int = 4, variant: str = "cot", weights=None) -> dict:
-    """Everything the pipeline records about one completion."""
-    pred = extract_answer(completion, n_options)
+    """Everything the pipeline records about one completion, judged on its variant's answer_span."""
+    pred = extract_answer(answer_span(completion, variant), n_options)
     return {
         "pred": pred,
         "correct": pred is not None and pred == answer,
         "format_ok": follows_format(completion, variant),
-        "reward": mc_reward([completion], [answer], [n_options], weights)[0],
+        "reward": mc_reward([completion], [answer], [n_options], weights, variant=variant)[0],
     }

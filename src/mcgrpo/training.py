@@ -21,22 +21,23 @@ import torch
 from mcgrpo.errors import UserError
 from mcgrpo.fileio import atomic_path, write_json
 from mcgrpo.params import LEARNED_REWARD
-from mcgrpo.prompts import build_messages
+from mcgrpo.prompts import is_chat, stop_token_ids, trainer_prompt
 from mcgrpo.reward_model import load_learned_reward
 from mcgrpo.rewards import REWARDS
 
 RUN_MARKER = "run.json"
 
 
-def grpo_dataset(records: list[dict], variant: str):
-    """Conversational prompts (TRL applies the chat template) plus the columns the rewards read."""
+def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = ()):
+    """Prompts as TRL takes them (conversations for chat variants, which it templates; text for completion
+    variants, which it tokenizes with <bos>) plus the columns the rewards read."""
     from datasets import Dataset
 
-    # TRL hands every column but "prompt" to the reward functions; the learned reward reads the passage,
-    # question and options.
-    return Dataset.from_list([{"prompt": build_messages(r, variant), "answer": r["answer"],
-                               "n_options": len(r["options"]), "context": r["context"], "question": r["question"],
-                               "options": r["options"]} for r in records])
+    # TRL hands every column but "prompt" to the reward functions: `variant` says which part of a completion
+    # is judged (rewards.answer_span); the learned reward reads the passage, question and options.
+    return Dataset.from_list([{"prompt": trainer_prompt(r, variant, shots), "answer": r["answer"],
+                               "n_options": len(r["options"]), "variant": variant, "context": r["context"],
+                               "question": r["question"], "options": r["options"]} for r in records])
 
 
 def grpo_config(tp, output_dir, bf16: bool, engine: str = "generate"):
@@ -57,6 +58,8 @@ def grpo_config(tp, output_dir, bf16: bool, engine: str = "generate"):
         use_transformers_continuous_batching=engine == "continuous",
         save_steps=tp.save_steps, save_total_limit=tp.save_total_limit, logging_steps=tp.logging_steps,
         bf16=bf16, use_cpu=not torch.cuda.is_available(), report_to="none", log_completions=False,
+        # TRL's own rollouts sample with torch.multinomial, which fails with a device-side assert on a NaN/inf logit
+        generation_kwargs={"remove_invalid_values": True},
     )
 
 
@@ -78,10 +81,21 @@ def rollout_engine(tp, backend: str) -> str:
     return tp.rollout_engine
 
 
-def longest_prompt_tokens(tokenizer, records: list[dict], variant: str) -> int:
-    """Tokens in the longest chat-templated training prompt (sizes the rollout KV cache once)."""
-    return max(len(tokenizer.apply_chat_template(build_messages(r, variant), add_generation_prompt=True,
-                                                 tokenize=True, return_dict=True)["input_ids"]) for r in records)
+def longest_prompt_tokens(tokenizer, records: list[dict], variant: str, shots: list[dict] = ()) -> int:
+    """Tokens in the longest training prompt, as TRL tokenizes it (sizes the rollout KV cache once)."""
+    prompts = [trainer_prompt(r, variant, shots) for r in records]
+    if is_chat(variant):
+        return max(len(tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)["input_ids"]) for m in prompts)
+    return max(map(len, tokenizer(prompts)["input_ids"]))
+
+
+def stop_at_variant_end(model, tokenizer, variant: str) -> None:
+    """Make the variant's stop tokens (a completion prompt's line end) end rollouts: TRL reads the model's
+    eos ids once, for generation and for the completion mask, so nothing after the answer is trained on."""
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    model.generation_config.eos_token_id = sorted(set(eos) | set(stop_token_ids(tokenizer, variant)))
 
 
 @contextmanager
@@ -312,7 +326,7 @@ def _sort_target_modules(config_file: Path) -> None:
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
                live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "generate",
-               callbacks: tuple = ()) -> dict:
+               callbacks: tuple = (), shots: list[dict] = ()) -> dict:
     """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics.
 
     Under `accelerate launch` every process runs this; only the main one touches the checkpoint
@@ -352,10 +366,11 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     rollouts = None
     if engine == "fast":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental"; TRL is pinned
-        rollouts = FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant), tp.grouped_attention)
+        rollouts = FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.grouped_attention)
+    stop_at_variant_end(model, tokenizer, tp.variant)
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16, engine),
-        train_dataset=grpo_dataset(records, tp.variant), processing_class=tokenizer, peft_config=peft_config,
+        train_dataset=grpo_dataset(records, tp.variant, shots), processing_class=tokenizer, peft_config=peft_config,
         callbacks=([live] if live else []) + list(callbacks), rollout_func=rollouts,
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)

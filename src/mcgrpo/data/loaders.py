@@ -229,6 +229,22 @@ def load_splits(p) -> dict[str, list[dict]]:
     return splits
 
 
+def pick_shots(splits, n: int, seed: int, candidates: int = 64) -> tuple[list[dict], dict]:
+    """n solved examples for completion prompts, drawn by seed from the train split (or the single pool), and
+    the splits without them (a shot is never also a training or eval question).
+
+    The shortest passages of `candidates` drawn questions are taken: every prompt carries the shots, so their
+    length is paid on each question.
+    """
+    if not n:
+        return [], splits
+    role = "train" if "train" in splits else POOL
+    drawn = random.Random(seed + 1).sample(splits[role], min(candidates, len(splits[role])))
+    shots = sorted(drawn, key=lambda r: (len(r["context"]), r["id"]))[:n]
+    taken = {r["id"] for r in shots}
+    return shots, {**splits, role: [r for r in splits[role] if r["id"] not in taken]}
+
+
 def sample_splits(splits, n_train, n_eval, seed, keep=lambda record: True):
     """Deterministic sample: shuffle by seed, keep the first n items that pass `keep`.
 

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The real run, as a user runs it: Gemma 3 270M (pretrained) on RACE through this repository's dvc.yaml.
+#
+#   bash benchmarks/real_270m.sh MODEL_DIR RACE_TARBALL OUT
+#
+# MODEL_DIR: a folder `mcgrpo from-gguf` wrote (an absolute path: queued experiments run in temp copies).
+# RACE_TARBALL: RACE.tar.gz from CMU (non-commercial research use only); copied to data/raw/.
+# 1. dev: a queue of experiments on 1,000 RACE dev questions (learning rates), run 4 at a time;
+# 2. the best dev setting by fine-tuned accuracy on the trained variant, then one run on the whole RACE test set
+#    (`dvc exp run` in the workspace: every stage), with the plain-TRL peers trained and evaluated beside it
+#    (benchmarks/trl_peer.py) on the same prepared data;
+# 3. OUT/: dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
+# The repository must be a git repository with its changes committed (dvc exp needs a commit).
+set -euo pipefail
+model=$1 race=$2 out=$3
+mkdir -p "$out" data/raw
+cp "$race" data/raw/RACE.tar.gz
+if [ -n "$(git status --porcelain)" ]; then git add -A && git commit -qm "real run: RACE under data/raw"; fi
+
+# What every run shares: the pretrained model, RACE, completion prompts, GRPO on the direct completion form.
+common=(-S "model.name=$model" -S model.backend=transformers
+        -S prepare.source=race -S prepare.path=data/raw/RACE.tar.gz -S prepare.config=all
+        -S prepare.n_train=2000 -S prepare.max_prompt_tokens=2048
+        -S eval.batch_size=256 -S eval.max_new_tokens=128
+        -S train.variant=completion_direct -S train.max_completion_length=4 -S train.max_steps=150
+        -S train.num_generations=8 -S train.per_device_train_batch_size=16 -S train.gradient_accumulation_steps=4
+        -S train.beta=0.0 -S train.save_steps=50
+        -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=256)
+extra=(${REAL_RUN_EXTRA:-})  # more -S flags, applied last (a CPU smoke run shrinks the sizes with these)
+dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate -S "eval.variants=[completion_direct]")
+test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both
+      -S "eval.variants=[completion_direct,completion_cot,direct,cot]")
+
+echo "== dev: learning rates, 4 at a time ($(date -u +%T))"
+for lr in 5e-05 0.0001 0.0002 0.0005; do
+  dvc exp run --queue "${common[@]}" "${dev[@]}" -S "train.learning_rate=$lr" "${extra[@]}" -n "dev-lr$lr"
+done
+dvc queue start --jobs 4
+while dvc queue status | grep -qE "Queued|Running"; do sleep 10; done
+dvc queue status | tee "$out/dev_queue_status.txt"
+dvc exp show --json > "$out/dev_exps.json"
+dvc exp show --csv --only-changed > "$out/dev_exps.csv" || true
+best=$(python - "$out/dev_exps.json" <<'EOF'
+import json, sys
+# dvc exp show --json: [{"rev": ..., "experiments": [{"revs": [{"name", "data": {"metrics", "params"}}]}]}]
+best, best_acc = None, -1.0
+for commit in json.load(open(sys.argv[1])):
+    for exp in commit.get("experiments") or []:
+        for rev in exp["revs"]:
+            data = rev.get("data") or {}
+            comparison = (data.get("metrics") or {}).get("metrics/comparison.json", {}).get("data", {})
+            acc = comparison.get("completion_direct", {}).get("finetuned_accuracy")
+            lr = (data.get("params") or {}).get("params.yaml", {}).get("data", {}).get("train", {}).get("learning_rate")
+            print(f"dev {rev.get('name')}: lr {lr}, fine-tuned accuracy {acc}", file=sys.stderr)
+            if acc is not None and acc > best_acc:
+                best, best_acc = lr, acc
+print(best)
+EOF
+)
+echo "== best dev learning rate: $best"
+
+echo "== test: the whole RACE test set ($(date -u +%T))"
+dvc exp run "${common[@]}" "${test[@]}" -S "train.learning_rate=$best" "${extra[@]}" -n "test-lr$best" > "$out/test_run.log" 2>&1 &
+run=$!
+# the peers need the test run's prepared data: wait for prepare to finish
+until grep -q "Running stage 'baseline'" "$out/test_run.log" 2>/dev/null; do
+  kill -0 $run 2>/dev/null || { cat "$out/test_run.log"; exit 1; }; sleep 5
+done
+(python benchmarks/trl_peer.py --out "$out/peer_defaults" || python benchmarks/trl_peer.py --dtype float32 --out "$out/peer_defaults_fp32") > "$out/peer_defaults.log" 2>&1 &
+(python benchmarks/trl_peer.py --lora-r 16 --lr 5e-5 --out "$out/peer_lora" || python benchmarks/trl_peer.py --lora-r 16 --lr 5e-5 --dtype float32 --out "$out/peer_lora_fp32") > "$out/peer_lora.log" 2>&1 &
+wait $run || { tail -50 "$out/test_run.log"; exit 1; }
+wait
+dvc exp show --csv --only-changed > "$out/exps.csv" || true
+dvc metrics show --md > "$out/metrics_show.md"
+tar czf "$out/results.tgz" metrics plots reports data/prepared/stats.json data/prepared/shots.jsonl \
+  data/predictions/baseline.jsonl data/predictions/finetuned.jsonl dvc.lock params.yaml
+echo "== done ($(date -u +%T))"
