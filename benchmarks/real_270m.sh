@@ -36,7 +36,8 @@ for lr in 5e-05 0.0001 0.0002 0.0005; do
   dvc exp run --queue "${common[@]}" "${dev[@]}" -S "train.learning_rate=$lr" "${extra[@]}" -n "dev-lr$lr"
 done
 dvc queue start --jobs 4
-while dvc queue status | grep -qE "Queued|Running"; do sleep 10; done
+# (grep without -q: with pipefail, -q exiting early would fail the pipeline and end the wait)
+while dvc queue status 2>/dev/null | grep -E "Queued|Running" > /dev/null; do sleep 10; done
 dvc queue status | tee "$out/dev_queue_status.txt"
 dvc exp show --json > "$out/dev_exps.json"
 dvc exp show --csv --only-changed > "$out/dev_exps.csv" || true
@@ -57,6 +58,7 @@ for commit in json.load(open(sys.argv[1])):
 print(best)
 EOF
 )
+[ "$best" != None ] || { echo "no dev experiment finished"; dvc queue logs "dev-lr5e-05" | tail -30; exit 1; }
 echo "== best dev learning rate: $best"
 
 echo "== test: the whole RACE test set ($(date -u +%T))"

@@ -45,14 +45,15 @@ class ModelParams(Section):
 
 
 class FieldMap(Section):
-    """Column names of a local table (or a hub dataset) mapped onto the normalised record."""
+    """Column names of a local table (or a hub dataset) mapped onto the normalised record; a dotted path
+    ("choices.text") reaches into a nested field."""
 
     id: str | None = None  # None: ids are made from the row number
     context: str | None = None  # None: questions without a passage
     question: str = "question"
     options: str | list[str] = "options"  # one list column, or one column per letter
     answer: str = "answer"
-    answer_format: Literal["letter", "index0", "index1"] = "letter"
+    answer_format: Literal["letter", "index0", "index1", "text"] = "letter"  # text: the option's own text
     source: str | None = None  # a column naming the sub-source (e.g. middle/high); else the file name
 
 

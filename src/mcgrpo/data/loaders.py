@@ -52,7 +52,7 @@ def _table_rows(file: Path):
             yield f"{file} item {i}", row
     elif suffix in (".csv", ".tsv"):
         try:
-            with open(file, newline="", encoding="utf-8") as f:
+            with open(file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
                 for row in reader:
                     yield f"{file}:{reader.line_num}", row
@@ -77,20 +77,40 @@ def _maybe_json_list(value):
     return value
 
 
+def _field(row, column: str):
+    """row[column]; a dotted path ("choices.text") reaches into nested objects (CommonsenseQA's export).
+    Raises KeyError naming the part that is missing."""
+    if column in row:
+        return row[column]
+    value = row
+    for part in column.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(part)
+        value = value[part]
+    return value
+
+
 def _from_row(row, fields, where: str, default_id: str, default_source: str) -> dict:
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected an object with named fields")
 
     def get(column):
-        if column not in row:
+        try:
+            return _maybe_json_list(_field(row, column)) if column == fields.options else _field(row, column)
+        except KeyError:
             raise UserError(f"{where}: missing field {column!r}; present: {sorted(row)} "
-                            "(map your columns with prepare.fields)")
-        return row[column]
+                            "(map your columns with prepare.fields)") from None
 
     if isinstance(fields.options, list):
-        options = [row.get(c) for c in fields.options]  # per-letter columns; trailing blanks allowed
+        # per-letter columns: each must exist (a mistyped one would silently drop that option from every row);
+        # an empty cell is fine at the end (fewer options in this row)
+        missing = [c for c in fields.options if c not in row]
+        if missing:
+            raise UserError(f"{where}: option column(s) {missing} not in the file (present: {sorted(row)}); "
+                            "fix prepare.fields.options")
+        options = [row[c] for c in fields.options]
     else:
-        options = _maybe_json_list(get(fields.options))
+        options = get(fields.options)
     return make_record(
         id=get(fields.id) if fields.id else default_id,
         context=get(fields.context) if fields.context else "",
@@ -226,6 +246,8 @@ def load_splits(p) -> dict[str, list[dict]]:
         if not records:
             raise UserError(f"{p.path} ({role}): no questions found; is the file empty, or the split name wrong?")
         check_unique_ids(records, f"{p.path} ({role})")
+        for record in records:
+            record.pop("_where", None)
     return splits
 
 
@@ -245,28 +267,42 @@ def pick_shots(splits, n: int, seed: int, candidates: int = 64) -> tuple[list[di
     return shots, {**splits, role: [r for r in splits[role] if r["id"] not in taken]}
 
 
+def _passage_groups(records: list[dict], rng: random.Random) -> list[list[dict]]:
+    """Questions grouped by passage (those without one stand alone), groups in seeded random order."""
+    groups = {}
+    for r in records:
+        groups.setdefault(r.get("context") or ("", r["id"]), []).append(r)
+    return rng.sample(list(groups.values()), len(groups))
+
+
 def sample_splits(splits, n_train, n_eval, seed, keep=lambda record: True):
     """Deterministic sample: shuffle by seed, keep the first n items that pass `keep`.
 
     Returns ({"train": [...], "eval": [...]}, {"train": dropped, "eval": dropped}). From a single
-    pool the eval items are taken first, so train and eval never share a question.
+    pool the split is by passage: eval questions are taken first and a passage's questions all go to
+    one side, so train and eval share neither a question nor a passage.
     """
     rng = random.Random(seed)
-    shuffled = {role: rng.sample(records, len(records)) for role, records in sorted(splits.items())}
-    if POOL in shuffled:
-        shuffled = {"eval": shuffled[POOL], "train": shuffled[POOL]}
+    if POOL in splits:
+        groups = _passage_groups(splits[POOL], rng)
+        shuffled = {"eval": groups, "train": groups}
+    else:
+        shuffled = {role: [[r] for r in rng.sample(records, len(records))] for role, records in sorted(splits.items())}
     out, dropped, used = {"eval": [], "train": []}, {"eval": 0, "train": 0}, set()
     for role, want in (("eval", n_eval), ("train", n_train)):
-        for record in shuffled[role]:
+        for group in shuffled[role]:
             if want is not None and len(out[role]) >= want:
                 break
-            if id(record) in used:
+            if id(group) in used:
                 continue
-            used.add(id(record))
-            if keep(record):
-                out[role].append(record)
-            else:
-                dropped[role] += 1
+            used.add(id(group))  # a passage whose questions overshoot n stays out of the other split too
+            for record in group:
+                if want is not None and len(out[role]) >= want:
+                    break
+                if keep(record):
+                    out[role].append(record)
+                else:
+                    dropped[role] += 1
     for role, want in (("eval", n_eval), ("train", n_train)):
         if not out[role]:
             raise UserError(f"the {role} split is empty after filtering ({dropped[role]} dropped as too long); "
@@ -276,3 +312,9 @@ def sample_splits(splits, n_train, n_eval, seed, keep=lambda record: True):
                             f"({dropped[role]} dropped as longer than prepare.max_prompt_tokens); lower "
                             f"prepare.n_{role}, or set it to null to take them all")
     return out, dropped
+
+
+def shared_passages(splits: dict) -> int:
+    """Eval passages that also appear in train (0 after a pool split; two given files can still share some)."""
+    train = {r["context"] for r in splits["train"] if r.get("context")}
+    return len({r["context"] for r in splits["eval"] if r.get("context")} & train)
