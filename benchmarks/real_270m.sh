@@ -31,41 +31,28 @@ dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate -S "
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both
       -S "eval.variants=[completion_direct,completion_cot,direct,cot]")
 
-echo "== dev: learning rates, 4 at a time ($(date -u +%T))"
-for lr in 5e-05 0.0001 0.0002 0.0005; do
-  dvc exp run --queue "${common[@]}" "${dev[@]}" -S "train.learning_rate=$lr" "${extra[@]}" -n "dev-lr$lr"
-done
-dvc queue start --jobs 4
-# (grep without -q: with pipefail, -q exiting early would fail the pipeline and end the wait)
-while dvc queue status 2>/dev/null | grep -E "Queued|Running" > /dev/null; do sleep 10; done
-dvc queue status | tee "$out/dev_queue_status.txt"
-dvc exp show --json > "$out/dev_exps.json"
-dvc exp show --csv --only-changed > "$out/dev_exps.csv" || true
-best=$(python - "$out/dev_exps.json" <<'EOF'
-import json, sys
-# dvc exp show --json: [{"rev": ..., "experiments": [{"revs": [{"name", "data": {"metrics", "params"}}]}]}]
-best, best_acc = None, -1.0
-for commit in json.load(open(sys.argv[1])):
-    for exp in commit.get("experiments") or []:
-        for rev in exp["revs"]:
-            data = rev.get("data") or {}
-            comparison = (data.get("metrics") or {}).get("metrics/comparison.json", {}).get("data", {})
-            acc = comparison.get("completion_direct", {}).get("finetuned_accuracy")
-            lr = (data.get("params") or {}).get("params.yaml", {}).get("data", {}).get("train", {}).get("learning_rate")
-            print(f"dev {rev.get('name')}: lr {lr}, fine-tuned accuracy {acc}", file=sys.stderr)
-            if acc is not None and acc > best_acc:
-                best, best_acc = lr, acc
-print(best)
-EOF
-)
-[ "$best" != None ] || { echo "no dev experiment finished"; dvc queue logs "dev-lr5e-05" | tail -30; exit 1; }
+best=${REAL_RUN_LR:-}  # set: skip the dev queue and use this learning rate
+if [ -z "$best" ]; then
+  echo "== dev: learning rates, 4 at a time ($(date -u +%T))"
+  for lr in 5e-05 0.0001 0.0002 0.0005; do
+    dvc exp run --queue "${common[@]}" "${dev[@]}" -S "train.learning_rate=$lr" "${extra[@]}" -n "dev-lr$lr"
+  done
+  dvc queue start --jobs 4
+  # (grep without -q: with pipefail, -q exiting early would fail the pipeline and end the wait)
+  while dvc queue status 2>/dev/null | grep -E "Queued|Running" > /dev/null; do sleep 10; done
+  dvc queue status | tee "$out/dev_queue_status.txt"
+  dvc exp show --json > "$out/dev_exps.json"
+  dvc exp show --csv --only-changed > "$out/dev_exps.csv" || true
+  best=$(python benchmarks/best_dev_run.py "$out/dev_exps.json")
+  [ "$best" != None ] || { echo "no dev experiment finished"; dvc queue logs "dev-lr5e-05" | tail -30; exit 1; }
+fi
 echo "== best dev learning rate: $best"
 
 echo "== test: the whole RACE test set ($(date -u +%T))"
 dvc exp run "${common[@]}" "${test[@]}" -S "train.learning_rate=$best" "${extra[@]}" -n "test-lr$best" > "$out/test_run.log" 2>&1 &
 run=$!
-# the peers need the test run's prepared data: wait for prepare to finish
-until grep -q "Running stage 'baseline'" "$out/test_run.log" 2>/dev/null; do
+# the peers need the test run's prepared data and, to compare, its baseline predictions: wait for both stages
+until grep -q "Running stage 'reward_model'" "$out/test_run.log" 2>/dev/null; do
   kill -0 $run 2>/dev/null || { cat "$out/test_run.log"; exit 1; }; sleep 5
 done
 (python benchmarks/trl_peer.py --out "$out/peer_defaults" || python benchmarks/trl_peer.py --dtype float32 --out "$out/peer_defaults_fp32") > "$out/peer_defaults.log" 2>&1 &

@@ -20,6 +20,11 @@ def cmd_score(args) -> None:
         for key in ("completion", "answer"):
             if key not in row:
                 raise UserError(f"{where}: missing field {key!r}; each line needs completion and answer")
+        completion = row["completion"]
+        is_messages = isinstance(completion, list) and all(isinstance(m, dict) for m in completion)
+        if not (isinstance(completion, str) or is_messages):
+            raise UserError(f"{where}: completion must be text (or a list of chat messages), got "
+                            f"{type(completion).__name__}")
         n_options = row.get("n_options", 4)
         if not isinstance(n_options, int) or not 2 <= n_options <= len(LETTERS):
             raise UserError(f"{where}: n_options must be an integer from 2 to {len(LETTERS)}")

@@ -46,7 +46,8 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str,
         for record, out in zip(records, outputs):
             score = score_completion(out["text"], record["answer"], len(record["options"]), variant)
             rows.append({"id": record["id"], "variant": variant, "model": model_label, "source": record["source"],
-                         "kind": question_kind(record["question"]), "answer": record["answer"], **score,
+                         "kind": question_kind(record["question"]), "answer": record["answer"],
+                         "n_options": len(record["options"]), **score,
                          "n_tokens": out["n_tokens"], "reasoning_words": len(reasoning_text(out["text"]).split()),
                          "finished": out["finished"], "completion": out["text"]})
     return rows

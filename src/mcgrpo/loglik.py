@@ -80,7 +80,8 @@ def loglik_rows(model, tokenizer, records: list[dict], batch_size: int, model_la
         per_char = [lp / max(len(o) + 1, 1) for lp, o in zip(logps, record["options"])]
         pred_norm = LETTERS[max(range(len(per_char)), key=per_char.__getitem__)]
         rows.append({"id": record["id"], "variant": VARIANT, "model": model_label, "source": record["source"],
-                     "kind": kind_of(record["question"]), "answer": record["answer"], "pred": pred,
+                     "kind": kind_of(record["question"]), "answer": record["answer"],
+                     "n_options": len(record["options"]), "pred": pred,
                      "correct": pred == record["answer"], "correct_norm": pred_norm == record["answer"],
                      "format_ok": True, "reward": None, "n_tokens": 0, "reasoning_words": 0, "finished": True,
                      "completion": "", "option_logprobs": [round(x, 4) for x in logps]})

@@ -32,9 +32,11 @@ def _accuracy_by(items, key) -> dict:
     return {g: {"accuracy": round(sum(v) / len(v), 4), "n": len(v)} for g, v in sorted(groups.items())}
 
 
-def _letter_shares(letters, n: int) -> dict:
+def _letter_shares(letters, n: int, n_letters: int) -> dict:
+    """Share of each letter A.. up to the most options any question has, 0 included: the keys never depend
+    on what a model happened to predict, so base and fine-tuned metrics (and two revisions) line up."""
     counts = Counter(letters)
-    return {k: round(counts[k] / n, 4) for k in LETTERS if counts[k]}
+    return {k: round(counts[k] / n, 4) for k in LETTERS[:n_letters]}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -48,8 +50,10 @@ def summarize(rows: list[dict]) -> dict:
         n = len(items)
         low, high = bootstrap_ci([r["correct"] for r in items])
         answered = [r["pred"] for r in items if r["pred"]]
-        pred_share = _letter_shares(answered, max(len(answered), 1))
-        gold_share = _letter_shares([r["answer"] for r in items if r.get("answer")], n)
+        golds = [r["answer"] for r in items if r.get("answer")]
+        n_letters = max([r.get("n_options", 0) for r in items] + [LETTERS.index(x) + 1 for x in answered + golds])
+        pred_share = _letter_shares(answered, max(len(answered), 1), n_letters)
+        gold_share = _letter_shares(golds, n, n_letters)
         out[variant] = {
             "accuracy": round(sum(r["correct"] for r in items) / n, 4),
             "accuracy_ci_low": low,

@@ -34,6 +34,24 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def check_local_path(name: str, what: str = "model.name") -> None:
+    """A name that is meant as a local path fails at once, not after a minute of Hub retries.
+
+    Local: it starts with . / ~, ends in .gguf, or its first path part exists here (models/tiny-gema when
+    models/ exists). Hub ids are "org/name", and "org" is not a folder in the project.
+    """
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        raise UserError(f"{what}={name!r}: a GGUF file; convert it first with `mcgrpo from-gguf models/NAME --gguf "
+                        f"{name}` and set {what} to that folder")
+    local = name.startswith((".", "/", "~")) or (len(path.parts) > 1 and Path(path.parts[0]).exists())
+    if local and not path.exists():
+        near = sorted(str(p) for p in path.parent.glob("*")) if path.parent.is_dir() else []
+        hint = f" ({path.parent} holds: {', '.join(near[:8])})" if near else ""
+        raise UserError(f"{what}={name!r}: no such folder{hint}; build one with `mcgrpo tiny-model {name}` or "
+                        "`mcgrpo from-gguf`, or give a Hugging Face id")
+
+
 def _load_error(what: str, name: str, err: Exception) -> UserError:
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():  # a path, not a hub id
         return UserError(f"{what}={name!r}: no such folder; build one with `mcgrpo tiny-model {name}` "
@@ -45,6 +63,7 @@ def _load_error(what: str, name: str, err: Exception) -> UserError:
 def load_tokenizer(p):
     from transformers import AutoTokenizer
 
+    check_local_path(p.name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p.name, revision=p.revision, trust_remote_code=p.trust_remote_code)
     except (OSError, ValueError) as err:
@@ -71,6 +90,17 @@ def _attach_adapter(model, adapter_dir):
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
         raise UserError(f"{adapter_dir}: no adapter_config.json; run the train stage first (dvc repro train)")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if weights.exists():
+        from safetensors import safe_open
+
+        try:  # a truncated or damaged file: say which, before peft fails somewhere inside
+            with safe_open(str(weights), "pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+        except Exception as err:  # safetensors raises its own error types
+            raise UserError(f"{weights}: unreadable ({err}); restore it (`dvc checkout models/adapter`) or retrain "
+                            "(`dvc repro train`)") from None
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as err:
@@ -85,6 +115,7 @@ def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None):
     peft_config is a LoraConfig for TRL to apply (transformers backend) or None when the model is
     already a PEFT model (Unsloth applies LoRA itself, with its fused kernels).
     """
+    check_local_path(p.name)
     backend = backend or pick_backend(p.backend)
     if lora is None:
         # Unsloth is the training backend only: its inference path generated 3x fewer tokens/s than

@@ -253,7 +253,10 @@ def _describe(error: dict, raw: dict) -> str:
         hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (known keys: {', '.join(known)})" if known else ""
         return f"{key}: unknown key{suggestion}"
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+    got = error.get("input")
+    if isinstance(got, dict):  # a check across a section's keys: the message names them; the section is noise
+        return f"{key or 'params'}: {error['msg'].removeprefix('Value error, ')}"
+    return f"{key}: {error['msg']} (got {got!r})"
 
 
 def parse_params(raw: dict, name: str = PARAMS_FILE) -> Params:

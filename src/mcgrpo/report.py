@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mcgrpo.metrics import format_comparison, format_metrics, markdown_table
 from mcgrpo.params import LEARNED_REWARD
-from mcgrpo.prompts import INSTRUCTIONS, format_question
+from mcgrpo.prompts import INSTRUCTIONS, completion_text, format_question, is_chat
 from mcgrpo.rewards import DEFAULT_WEIGHTS, REWARDS
 
 EXAMPLE_KINDS = {
@@ -119,7 +119,8 @@ def build_report(*, params, stats, base_metrics, tuned_metrics, comparison, trai
                  tuned_rows, lock_hashes: dict, plot_paths: dict, reward_model_metrics: dict | None = None) -> str:
     p, tp = params, params.train
     weights = tp.reward_weights
-    example_prompt = format_question(records[0]) if records else ""
+    example_prompt = (format_question(records[0]) if is_chat(tp.variant) else completion_text(records[0], tp.variant)) \
+        if records else ""
     local = Path(p.model.name).exists() or p.model.name.startswith((".", "/"))
     model_link = f"`{p.model.name}` (local)" if local else f"[{p.model.name}](https://huggingface.co/{p.model.name})"
     out = [
@@ -132,9 +133,13 @@ def build_report(*, params, stats, base_metrics, tuned_metrics, comparison, trai
         f"{p.prepare.seed}.",
         _stats_section(stats),
         "## Prompts",
-        "Each question is one user turn (Gemma has no system role); the tokenizer's chat template wraps it.",
-        "\n".join(f"- **{name}**: {text}" for name, text in INSTRUCTIONS.items()),
-        "Example of the question part:",
+        "Chat variants (`direct`, `cot`) are one user turn (Gemma has no system role) wrapped by the tokenizer's "
+        "chat template; completion variants are plain text that ends where the answer starts, for pretrained "
+        f"models ({p.prepare.n_shots} solved train question(s) shown first). Variants evaluated: "
+        f"{', '.join(f'`{v}`' for v in p.eval.variants)}; trained: `{tp.variant}`.",
+        "\n".join(f"- **{name}**: {text or '(no instructions: the layout ends in `Answer:`)'}"
+                  for name, text in INSTRUCTIONS.items() if name in p.eval.variants or name == tp.variant),
+        f"Example of the trained prompt (`{tp.variant}`):",
         f"```text\n{_clip(example_prompt, 1200)}\n```",
         "## Reward",
         "`mc_reward` is a weighted sum of pure functions from `mcgrpo.rewards.REWARDS`:",

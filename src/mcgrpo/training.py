@@ -26,6 +26,7 @@ from mcgrpo.reward_model import load_learned_reward
 from mcgrpo.rewards import REWARDS
 
 RUN_MARKER = "run.json"
+RUN_SUMMARY = "summary.json"  # the finished run's summary, kept beside its checkpoints for a later re-export
 
 
 def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = ()):
@@ -359,6 +360,9 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
                         shutil.copy2(resume / name, tmp / name)
                 tokenizer.save_pretrained(tmp)
                 _sort_target_modules(tmp / "adapter_config.json")
+        summary_file = checkpoints / RUN_SUMMARY
+        if summary_file.exists():  # the run's own figures (runtime, resume point, rollout time), not a re-count
+            return json.loads(summary_file.read_text())
         return _summary(saved["log_history"], resume_step, resume_step, 0.0, procs)
     if resume:
         print(f"resuming from {resume} (step {resume_step})")
@@ -379,8 +383,11 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
             trainer.model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             _sort_target_modules(tmp / "adapter_config.json")
-    return _summary(trainer.state.log_history, trainer.state.global_step, resume_step or 0,
-                    result.metrics.get("train_runtime", 0.0), procs, rollouts.seconds if rollouts else None)
+    summary = _summary(trainer.state.log_history, trainer.state.global_step, resume_step or 0,
+                       result.metrics.get("train_runtime", 0.0), procs, rollouts.seconds if rollouts else None)
+    if main:
+        write_json(checkpoints / RUN_SUMMARY, summary)
+    return summary
 
 
 def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtime_s: float, procs=None,

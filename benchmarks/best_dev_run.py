@@ -1,0 +1,25 @@
+"""Print the learning rate of the dev experiment with the highest fine-tuned accuracy on the trained variant.
+
+    python benchmarks/best_dev_run.py dev_exps.json    # from `dvc exp show --json`; the choices go to stderr
+"""
+
+import json
+import sys
+
+import yaml
+
+variant = yaml.safe_load(open("params.yaml"))["train"]["variant"]
+best, best_accuracy = None, -1.0
+# dvc exp show --json: [{"rev", "experiments": [{"revs": [{"name", "data": {"metrics", "params"}}]}]}]
+for commit in json.load(open(sys.argv[1])):
+    for experiment in commit.get("experiments") or []:
+        for rev in experiment["revs"]:
+            data = rev.get("data") or {}
+            comparison = (data.get("metrics") or {}).get("metrics/comparison.json", {}).get("data", {})
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+            accuracy = comparison.get(params.get("train", {}).get("variant", variant), {}).get("finetuned_accuracy")
+            lr = params.get("train", {}).get("learning_rate")
+            print(f"dev {rev.get('name')}: lr {lr}, fine-tuned accuracy {accuracy}", file=sys.stderr)
+            if accuracy is not None and accuracy > best_accuracy:
+                best, best_accuracy = lr, accuracy
+print(best)
