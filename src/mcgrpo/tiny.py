@@ -118,19 +118,28 @@ def warm_start(model, tokenizer, steps: int, seed: int = 0, batch_size: int = 16
 
 
 def build_tiny_model(out_dir, preset: str = "tiny", seed: int = 0, warm_start_steps: int = 0,
-                     warm_start_items=None, tokenizer_texts: list[str] | None = None, tokenizer_vocab: int = 2048) -> Path:
+                     warm_start_items=None, tokenizer_texts: list[str] | None = None, tokenizer_vocab: int = 2048,
+                     tokenizer_file=None) -> Path:
     """Write a Gemma3ForCausalLM (random init, optionally warm-started) and its local tokenizer to out_dir.
 
     tokenizer_texts: more text to train the tokenizer on, with a larger tokenizer_vocab. The default
     (2,048 allowed, 644 learnt from the synthetic corpus) splits RACE passages into 3.5 tokens per word,
     where a 32,000-token BPE trained on RACE passages gives 1.26: benchmarks/real_scale.py uses the latter,
     so benchmark prompts are as long as a full-size tokenizer would make them.
+    tokenizer_file: the official Gemma 3 tokenizer.json instead (the benchmarks' 1B shape: real prompt lengths).
     """
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(tokenizer_corpus(seed) + list(tokenizer_texts or []), vocab_size=tokenizer_vocab)
+    if tokenizer_file:
+        from mcgrpo.gguf_import import official_tokenizer
+
+        tokenizer = official_tokenizer(tokenizer_file)
+        tokenizer.chat_template = CHAT_TEMPLATE
+    else:
+        tokenizer = build_tokenizer(tokenizer_corpus(seed) + list(tokenizer_texts or []), vocab_size=tokenizer_vocab)
     # The 1B preset keeps Gemma's 262,144-token vocabulary (the real compute and memory); ids the small
     # tokenizer lacks decode to nothing. It is saved in bf16, as the real checkpoint is.
-    vocab = None if preset == "gemma-3-1b" else len(tokenizer)
+    # Gemma's own tokenizer: Gemma's 262,144-entry embedding (its one added image token is never generated)
+    vocab = None if preset == "gemma-3-1b" else PRESETS["gemma-3-1b"]["vocab_size"] if tokenizer_file else len(tokenizer)
     dtype = torch.bfloat16 if preset == "gemma-3-1b" else torch.float32
     model = build_model(preset, vocab_size=vocab, seed=seed, dtype=dtype)
     if warm_start_steps:
