@@ -6,10 +6,11 @@
 # MODEL_DIR: a folder `mcgrpo from-gguf` wrote (an absolute path: queued experiments run in temp copies).
 # RACE_TARBALL: RACE.tar.gz from CMU (non-commercial research use only); copied to data/raw/.
 # 1. dev: a queue of experiments on 1,000 RACE dev questions (learning rates), run 4 at a time;
-# 2. the best dev setting by fine-tuned accuracy on the trained variant, then one run on the whole RACE test set
-#    (`dvc exp run` in the workspace: every stage), with the plain-TRL peers trained and evaluated beside it
-#    (benchmarks/trl_peer.py) on the same prepared data;
-# 3. OUT/: dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
+# 2. meanwhile prepare + baseline on the whole RACE test set in the workspace, then the plain-TRL peers
+#    (benchmarks/trl_peer.py) trained and evaluated on the same prepared data;
+# 3. the best dev setting by fine-tuned accuracy on the trained variant, then `dvc exp run` on the test set
+#    with it (prepare and baseline are found done; train, evaluate, plots, report, publish run);
+# 4. OUT/: dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
 # The repository must be a git repository with its changes committed (dvc exp needs a commit).
 set -euo pipefail
 model=$1 race=$2 out=$3
@@ -27,17 +28,30 @@ common=(-S "model.name=$model" -S model.backend=transformers
         -S train.beta=0.0 -S train.save_steps=50
         -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=256)
 extra=(${REAL_RUN_EXTRA:-})  # more -S flags, applied last (a CPU smoke run shrinks the sizes with these)
-dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate -S "eval.variants=[completion_direct]")
+dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate -S "eval.variants=[completion_direct]"
+     -S reward_model.n_questions=40)
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both
       -S "eval.variants=[completion_direct,completion_cot,direct,cot]")
 
 best=${REAL_RUN_LR:-}  # set: skip the dev queue and use this learning rate
 if [ -z "$best" ]; then
-  echo "== dev: learning rates, 4 at a time ($(date -u +%T))"
+  echo "== dev: learning rates, 4 at a time, in the queue's own copies ($(date -u +%T))"
   for lr in 5e-05 0.0001 0.0002 0.0005; do
     dvc exp run --queue "${common[@]}" "${dev[@]}" -S "train.learning_rate=$lr" "${extra[@]}" -n "dev-lr$lr"
   done
   dvc queue start --jobs 4
+fi
+
+# Meanwhile, in the workspace: prepare and baseline on the test set (they do not depend on the learning rate,
+# so the test run below finds them done), then the peers on the same prepared data and baseline.
+echo "== test: prepare + baseline on the whole RACE test set ($(date -u +%T))"
+dvc exp run baseline "${common[@]}" "${test[@]}" "${extra[@]}" -n test-baseline > "$out/test_baseline.log" 2>&1 \
+  || { tail -50 "$out/test_baseline.log"; exit 1; }
+grep -A8 "| model | variant" "$out/test_baseline.log" || true
+(python benchmarks/trl_peer.py --out "$out/peer_defaults" || python benchmarks/trl_peer.py --dtype float32 --out "$out/peer_defaults_fp32") > "$out/peer_defaults.log" 2>&1 &
+(python benchmarks/trl_peer.py --lora-r 16 --lr 5e-5 --out "$out/peer_lora" || python benchmarks/trl_peer.py --lora-r 16 --lr 5e-5 --dtype float32 --out "$out/peer_lora_fp32") > "$out/peer_lora.log" 2>&1 &
+
+if [ -z "$best" ]; then
   # (grep without -q: with pipefail, -q exiting early would fail the pipeline and end the wait)
   while dvc queue status 2>/dev/null | grep -E "Queued|Running" > /dev/null; do sleep 10; done
   dvc queue status | tee "$out/dev_queue_status.txt"
@@ -48,16 +62,10 @@ if [ -z "$best" ]; then
 fi
 echo "== best dev learning rate: $best"
 
-echo "== test: the whole RACE test set ($(date -u +%T))"
-dvc exp run "${common[@]}" "${test[@]}" -S "train.learning_rate=$best" "${extra[@]}" -n "test-lr$best" > "$out/test_run.log" 2>&1 &
-run=$!
-# the peers need the test run's prepared data and, to compare, its baseline predictions: wait for both stages
-until grep -q "Running stage 'reward_model'" "$out/test_run.log" 2>/dev/null; do
-  kill -0 $run 2>/dev/null || { cat "$out/test_run.log"; exit 1; }; sleep 5
-done
-(python benchmarks/trl_peer.py --out "$out/peer_defaults" || python benchmarks/trl_peer.py --dtype float32 --out "$out/peer_defaults_fp32") > "$out/peer_defaults.log" 2>&1 &
-(python benchmarks/trl_peer.py --lora-r 16 --lr 5e-5 --out "$out/peer_lora" || python benchmarks/trl_peer.py --lora-r 16 --lr 5e-5 --dtype float32 --out "$out/peer_lora_fp32") > "$out/peer_lora.log" 2>&1 &
-wait $run || { tail -50 "$out/test_run.log"; exit 1; }
+echo "== test: train with it, evaluate, plots, report ($(date -u +%T))"
+dvc exp run "${common[@]}" "${test[@]}" -S "train.learning_rate=$best" "${extra[@]}" -n "test-lr$best" > "$out/test_run.log" 2>&1 \
+  || { tail -50 "$out/test_run.log"; exit 1; }
+grep -A8 "| variant | base acc" "$out/test_run.log" || true
 wait
 dvc exp show --csv --only-changed > "$out/exps.csv" || true
 dvc metrics show --md > "$out/metrics_show.md"
