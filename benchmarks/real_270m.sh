@@ -5,7 +5,7 @@
 #
 # MODEL_DIR: a folder `mcgrpo from-gguf` wrote (an absolute path: queued experiments run in temp copies).
 # RACE_TARBALL: RACE.tar.gz from CMU (non-commercial research use only); copied to data/raw/.
-# 1. dev: a queue of experiments on 1,000 RACE dev questions (learning rates), run 4 at a time;
+# 1. dev: a queue of experiments on 1,000 RACE dev questions (learning rates), REAL_RUN_JOBS (2) at a time;
 # 2. meanwhile prepare + baseline on the whole RACE test set in the workspace, then the plain-TRL peers
 #    (benchmarks/trl_peer.py) trained and evaluated on the same prepared data;
 # 3. the best dev setting by fine-tuned accuracy on the trained variant, then `dvc exp run` on the test set
@@ -35,11 +35,12 @@ test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both
 
 best=${REAL_RUN_LR:-}  # set: skip the dev queue and use this learning rate
 if [ -z "$best" ]; then
-  echo "== dev: learning rates, 4 at a time, in the queue's own copies ($(date -u +%T))"
+  jobs=${REAL_RUN_JOBS:-2}  # they share one GPU with the peers: see benchmarks/README.md (real 270M run)
+  echo "== dev: learning rates, $jobs at a time, in the queue's own copies ($(date -u +%T))"
   for lr in 5e-05 0.0001 0.0002 0.0005; do
     dvc exp run --queue "${common[@]}" "${dev[@]}" -S "train.learning_rate=$lr" "${extra[@]}" -n "dev-lr$lr"
   done
-  dvc queue start --jobs 4
+  dvc queue start --jobs "$jobs"
 fi
 
 # Meanwhile, in the workspace: prepare and baseline on the test set (they do not depend on the learning rate,
