@@ -179,3 +179,18 @@ def test_prompts_without_a_passage_do_not_mention_one(variant):
     race = {**arc, "context": "Plants take in carbon dioxide."}
     assert "passage" not in instructions(arc, variant).lower() and "article" not in instructions(arc, variant).lower()
     assert instructions(race, variant) != instructions(arc, variant)
+
+
+def test_a_diverged_run_stops_with_a_message():
+    import math
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from mcgrpo.training import stop_on_non_finite_callback
+
+    callback, state = stop_on_non_finite_callback(), TrainerState(global_step=39)
+    args = TrainingArguments(output_dir="unused", report_to="none")
+    callback.on_log(args, state, TrainerControl(), logs={"loss": 0.1, "grad_norm": 2.0})  # finite: goes on
+    for logs in ({"loss": math.nan}, {"loss": 0.1, "grad_norm": math.inf}):
+        with pytest.raises(UserError, match="training diverged at step 39: .* is (nan|inf); lower train.learning_rate"):
+            callback.on_log(args, state, TrainerControl(), logs=logs)

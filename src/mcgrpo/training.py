@@ -291,6 +291,28 @@ def _truncate_curves(live_dir: Path, last_step: int) -> None:
             csv.writer(f, delimiter="\t", lineterminator="\n").writerows(kept)
 
 
+def stop_on_non_finite_callback():
+    """A callback that stops training at the first logged NaN/inf loss or gradient norm.
+
+    A diverged bf16 run otherwise keeps going: its NaN weights give NaN logits, which the rollouts' samplers
+    are made to survive (so the crash of plain TRL's multinomial sampling does not happen here), and every
+    later step would train on garbage. The last checkpoint before it stays for inspection.
+    """
+    import math
+
+    from transformers import TrainerCallback
+
+    class StopOnNonFinite(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise UserError(f"training diverged at step {state.global_step}: {key} is {value}; lower "
+                                    "train.learning_rate or train.max_grad_norm, or set model.dtype=float32")
+
+    return StopOnNonFinite()
+
+
 def make_live_callback(live_dir: Path, resume_step: int | None):
     """A dvclive callback writing curves to live_dir, or None (with a warning) where dvclive is missing."""
     try:
@@ -375,7 +397,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16, engine),
         train_dataset=grpo_dataset(records, tp.variant, shots), processing_class=tokenizer, peft_config=peft_config,
-        callbacks=([live] if live else []) + list(callbacks), rollout_func=rollouts,
+        callbacks=([live] if live else []) + [stop_on_non_finite_callback()] + list(callbacks), rollout_func=rollouts,
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if main:
