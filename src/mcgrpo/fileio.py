@@ -5,6 +5,7 @@ stage never leaves a half-written file that DVC or the next stage would trust.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -79,3 +80,26 @@ def iter_jsonl(path_or_lines, name=None):
 
 def read_jsonl(path) -> list[dict]:
     return [obj for _, obj in iter_jsonl(path)]
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file, read in blocks (model files are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safetensors_problem(path) -> str | None:
+    """Why a .safetensors file cannot be read (truncated, damaged), or None: touches each tensor's bounds
+    against the file size, as loading it would."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+    except Exception as err:  # safetensors raises its own error types
+        return f"unreadable ({err})"
+    return None

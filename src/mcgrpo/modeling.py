@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from mcgrpo.errors import UserError
+from mcgrpo.fileio import safetensors_problem
 
 CHAT_TEMPLATE = (Path(__file__).parent / "gemma_chat_template.jinja").read_text()
 END_OF_TURN = "<end_of_turn>"
@@ -91,16 +92,10 @@ def _attach_adapter(model, adapter_dir):
     if not (adapter_dir / "adapter_config.json").exists():
         raise UserError(f"{adapter_dir}: no adapter_config.json; run the train stage first (dvc repro train)")
     weights = adapter_dir / "adapter_model.safetensors"
-    if weights.exists():
-        from safetensors import safe_open
-
-        try:  # a truncated or damaged file: say which, before peft fails somewhere inside
-            with safe_open(str(weights), "pt") as f:
-                for key in f.keys():
-                    f.get_slice(key)
-        except Exception as err:  # safetensors raises its own error types
-            raise UserError(f"{weights}: unreadable ({err}); restore it (`dvc checkout models/adapter`) or retrain "
-                            "(`dvc repro train`)") from None
+    # a truncated or damaged file: say which, before peft fails somewhere inside
+    if weights.exists() and (problem := safetensors_problem(weights)):
+        raise UserError(f"{weights}: {problem}; restore it (`dvc checkout models/adapter`) or retrain "
+                        "(`dvc repro train`)")
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as err:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mcgrpo.errors import UserError
-from mcgrpo.fileio import atomic_path, write_json
+from mcgrpo.fileio import atomic_path, safetensors_problem, sha256_file, write_json
 from mcgrpo.params import LEARNED_REWARD
 from mcgrpo.prompts import is_chat, stop_token_ids, trainer_prompt
 from mcgrpo.reward_model import load_learned_reward
@@ -219,10 +219,6 @@ def reward_functions(tp, reward_model_file=None) -> list:
             for name, weight in tp.reward_weights.items() if weight]
 
 
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def run_fingerprint(tp, model_params, train_file, reward_model_file=None) -> dict:
     """What a checkpoint must match to be resumed: every train and model param, the data, and the
     learned reward model when training uses it.
@@ -231,9 +227,9 @@ def run_fingerprint(tp, model_params, train_file, reward_model_file=None) -> dic
     Unsloth run (seen on the GPU machine before this covered the backend).
     """
     fingerprint = {"train": tp.model_dump(), "model": model_params.model_dump(),
-                   "train_data_sha256": _sha256(train_file)}
+                   "train_data_sha256": sha256_file(train_file)}
     if uses_learned_reward(tp) and reward_model_file and Path(reward_model_file).exists():
-        fingerprint["reward_model_sha256"] = _sha256(reward_model_file)
+        fingerprint["reward_model_sha256"] = sha256_file(reward_model_file)
     return fingerprint
 
 
@@ -245,15 +241,9 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         json.loads(state.read_text())
     except (OSError, json.JSONDecodeError):
         return "trainer_state.json missing or unreadable"
-    from safetensors import safe_open
-
     for weights in checkpoint.glob("*.safetensors"):
-        try:
-            with safe_open(str(weights), "pt") as f:
-                for key in f.keys():
-                    f.get_slice(key)  # touches each tensor's bounds against the file size
-        except Exception as err:  # safetensors raises its own error types
-            return f"{weights.name} unreadable ({err})"
+        if problem := safetensors_problem(weights):
+            return f"{weights.name} {problem}"
     for pickled in checkpoint.glob("*.pt"):
         if not zipfile.is_zipfile(pickled):  # torch.save writes a zip; a truncated one has no directory
             return f"{pickled.name} truncated"
