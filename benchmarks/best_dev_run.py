@@ -1,6 +1,10 @@
-"""Print the learning rate of the dev experiment with the highest fine-tuned accuracy on the trained variant.
+"""Print "NAME LEARNING_RATE" of the dev experiment with the highest fine-tuned accuracy on the trained variant
+("None" when no dev experiment has finished).
 
     python benchmarks/best_dev_run.py dev_exps.json    # from `dvc exp show --json`; the choices go to stderr
+
+Only experiments evaluated on the dev split (prepare.eval_split: dev) are candidates: test-set results never
+choose a setting.
 """
 
 import json
@@ -15,11 +19,13 @@ for commit in json.load(open(sys.argv[1])):
     for experiment in commit.get("experiments") or []:
         for rev in experiment["revs"]:
             data = rev.get("data") or {}
-            comparison = (data.get("metrics") or {}).get("metrics/comparison.json", {}).get("data", {})
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+            if params.get("prepare", {}).get("eval_split") != "dev":
+                continue
+            comparison = (data.get("metrics") or {}).get("metrics/comparison.json", {}).get("data", {})
             accuracy = comparison.get(params.get("train", {}).get("variant", variant), {}).get("finetuned_accuracy")
             lr = params.get("train", {}).get("learning_rate")
             print(f"dev {rev.get('name')}: lr {lr}, fine-tuned accuracy {accuracy}", file=sys.stderr)
             if accuracy is not None and accuracy > best_accuracy:
-                best, best_accuracy = lr, accuracy
+                best, best_accuracy = f"{rev.get('name')} {lr}", accuracy
 print(best)

@@ -40,6 +40,9 @@ p = load_params()
 tp, out = p.train, Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 model_params = p.model.model_copy(update={"dtype": args.dtype}) if args.dtype else p.model
+# Everything read up front: the workspace may move on (another experiment applied) while this trains.
+train_records, eval_records = read_jsonl(paths.TRAIN_SET), read_jsonl(paths.EVAL_SET)
+shots, baseline_rows = read_jsonl(paths.SHOTS), read_jsonl(paths.BASELINE_PREDICTIONS)
 model, tokenizer, _ = load_model(model_params, lora=tp.lora, backend="transformers")  # lora: a trainable model
 install_if_needed()
 
@@ -56,7 +59,7 @@ config = GRPOConfig(output_dir=str(out / "trainer"), report_to="none", save_stra
 peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear",
                          task_type="CAUSAL_LM") if args.lora_r else None
 trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(tp), args=config, processing_class=tokenizer,
-                      train_dataset=grpo_dataset(read_jsonl(paths.TRAIN_SET), tp.variant, read_jsonl(paths.SHOTS)),
+                      train_dataset=grpo_dataset(train_records, tp.variant, shots),
                       peft_config=peft_config)
 start = time.perf_counter()
 trainer.train()
@@ -65,8 +68,8 @@ train_seconds = time.perf_counter() - start
 model = trainer.model.merge_and_unload() if args.lora_r else trainer.model
 model.eval()
 eval_params = p.eval.model_copy(update={"mode": "generate", "variants": [tp.variant]})
-rows = answer_eval_set(model, tokenizer, read_jsonl(paths.EVAL_SET), eval_params, "peer", read_jsonl(paths.SHOTS))
-comparison = compare(read_jsonl(paths.BASELINE_PREDICTIONS), rows)
+rows = answer_eval_set(model, tokenizer, eval_records, eval_params, "peer", shots)
+comparison = compare(baseline_rows, rows)
 rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
 settings = {k: getattr(config, k) for k in ("learning_rate", "beta", "loss_type", "lr_scheduler_type", "temperature",
                                              "top_k", "top_p", "max_grad_norm", "warmup_steps", "bf16")}

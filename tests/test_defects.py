@@ -58,6 +58,21 @@ def test_a_pool_is_split_by_passage(tmp_path):
     assert {r["context"] for r in out["eval"]}.isdisjoint({r["context"] for r in out["train"]})
 
 
+def test_the_training_sample_does_not_depend_on_the_eval_split():
+    # Settings chosen on RACE dev must train the same model as the run reported on test: only the eval
+    # side may change when prepare.eval_split (or n_eval) does.
+    q = lambda split, i: {"id": f"{split}-{i}", "context": f"{split} passage {i}", "question": "q?",
+                          "options": ["x", "y"], "answer": "A"}
+    train = [q("train", i) for i in range(50)]
+    dev, test = [q("dev", i) for i in range(30)], [q("test", i) for i in range(37)]
+    on_dev, _ = sample_splits({"train": train, "eval": dev}, n_train=20, n_eval=10, seed=4)
+    on_test, _ = sample_splits({"train": train, "eval": test}, n_train=20, n_eval=None, seed=4)
+    assert [r["id"] for r in on_dev["train"]] == [r["id"] for r in on_test["train"]]
+    assert len(on_test["eval"]) == 37 and {r["id"] for r in on_dev["eval"]} <= {r["id"] for r in dev}
+    other_seed, _ = sample_splits({"train": train, "eval": dev}, n_train=20, n_eval=10, seed=5)
+    assert [r["id"] for r in other_seed["train"]] != [r["id"] for r in on_dev["train"]]
+
+
 def test_shared_passages_are_counted():
     r = {"id": "1", "context": "same text", "question": "q", "options": ["a", "b"], "answer": "A"}
     assert shared_passages({"train": [r], "eval": [{**r, "id": "2"}]}) == 1
