@@ -1,4 +1,4 @@
-"""Print "NAME LEARNING_RATE" of the dev experiment with the highest fine-tuned accuracy on the trained variant
+"""Print the name of the dev experiment with the highest fine-tuned accuracy on the trained variant
 ("None" when no dev experiment has finished).
 
     python benchmarks/best_dev_run.py dev_exps.json    # from `dvc exp show --json`; the choices go to stderr
@@ -24,8 +24,7 @@ for commit in json.load(open(sys.argv[1])):
                 continue
             comparison = (data.get("metrics") or {}).get("metrics/comparison.json", {}).get("data", {})
             accuracy = comparison.get(params.get("train", {}).get("variant", variant), {}).get("finetuned_accuracy")
-            lr = params.get("train", {}).get("learning_rate")
-            print(f"dev {rev.get('name')}: lr {lr}, fine-tuned accuracy {accuracy}", file=sys.stderr)
+            print(f"dev {rev.get('name')}: fine-tuned accuracy {accuracy}", file=sys.stderr)
             if accuracy is not None and accuracy > best_accuracy:
-                best, best_accuracy = f"{rev.get('name')} {lr}", accuracy
+                best, best_accuracy = rev.get("name"), accuracy
 print(best)

@@ -5,8 +5,8 @@
 #
 # MODEL_DIR: a folder `mcgrpo from-gguf` wrote (an absolute path: queued experiments run in temp copies).
 # RACE_TARBALL: RACE.tar.gz from CMU (non-commercial research use only); copied to data/raw/.
-# 1. dev: a queue of experiments, one per learning rate (REAL_RUN_LRS), all at once: GRPO on RACE train,
-#    evaluated on 1,000 RACE dev questions;
+# 1. dev: a queue of experiments, one per setting in REAL_RUN_DEV (settings separated by ";", each a list of
+#    section.key=value), REAL_RUN_JOBS (2) at a time: GRPO on RACE train, evaluated on 1,000 RACE dev questions;
 # 2. meanwhile prepare + baseline on the whole RACE test set in the workspace, then the plain-TRL peers
 #    (benchmarks/trl_peer.py, fp32 unless REAL_RUN_PEER_DTYPE) trained and evaluated on the same prepared data;
 # 3. the dev experiment with the best fine-tuned accuracy on the trained variant is applied, and `dvc exp run`
@@ -14,11 +14,14 @@
 #    so dvc keeps that experiment's adapter (train and reward_model are unchanged) and reruns baseline
 #    (restored from the run cache of step 2), evaluate, plots, report and publish on the test set;
 # 4. OUT/: logs, dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
+# REAL_RUN_SETTING (a setting like one of REAL_RUN_DEV's): no dev queue; the test run trains with it.
 # REAL_RUN_DEV_DEADLINE (seconds after the start): dev experiments still running then are killed and the best
-# finished one is taken; with none finished the test run trains with REAL_RUN_FALLBACK_LR, and says so.
+# finished one is taken; with none finished the test run trains with REAL_RUN_FALLBACK (a setting), and says so.
+# The model trains in fp32 (REAL_RUN_DTYPE): in bf16 its GRPO gradients turned NaN (benchmarks/README.md).
 # The repository must be a git repository with its changes committed (dvc exp needs a commit).
 set -euo pipefail
 model=$1 race=$2 out=$3
+here=$(cd "$(dirname "$0")" && pwd)  # the helper scripts beside this one
 start=$(date +%s)
 mkdir -p "$out" data/raw
 cp "$race" data/raw/RACE.tar.gz
@@ -28,14 +31,14 @@ stamp() { echo "== $* ($(date -u +%T), $(( $(date +%s) - start )) s)"; }
 # What every run shares: the pretrained model, RACE, completion prompts, GRPO on the direct completion form.
 # Rollouts are 4 tokens (" B" and the line end), so TRL's own generate is used (no compile to amortise), and a
 # 270M model needs no gradient checkpointing.
-common=(-S "model.name=$model" -S model.backend=transformers
+common=(-S "model.name=$model" -S model.backend=transformers -S "model.dtype=${REAL_RUN_DTYPE:-float32}"
         -S prepare.source=race -S prepare.path=data/raw/RACE.tar.gz -S prepare.config=all
         -S prepare.n_train=2000 -S prepare.max_prompt_tokens=2048
-        -S eval.batch_size=256 -S eval.max_new_tokens=128
+        -S eval.batch_size=128 -S eval.max_new_tokens=128
         -S train.variant=completion_direct -S train.max_completion_length=4 -S train.max_steps=150
         -S train.num_generations=8 -S train.per_device_train_batch_size=16 -S train.gradient_accumulation_steps=4
         -S train.beta=0.0 -S train.save_steps=50 -S train.rollout_engine=generate -S train.gradient_checkpointing=false
-        -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=256
+        -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=128
         -S reward_model.n_questions=40)
 extra=(${REAL_RUN_EXTRA:-})  # more -S flags, applied last (a CPU smoke run shrinks the sizes with these)
 dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate -S "eval.variants=[completion_direct]"
@@ -43,12 +46,19 @@ dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate -S "
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eval.engine=auto
       -S "eval.variants=[completion_direct,completion_cot,direct,cot]")
 
-lrs=(${REAL_RUN_LRS:-0.0001 0.0003 0.001})
-stamp "dev: learning rates ${lrs[*]}, all at once, in the queue's own copies"
-for lr in "${lrs[@]}"; do
-  dvc exp run --queue "${common[@]}" "${dev[@]}" -S "train.learning_rate=$lr" "${extra[@]}" -n "dev-lr$lr"
-done
-dvc queue start --jobs "${#lrs[@]}"
+as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
+IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-train.learning_rate=0.0001 train.beta=0.04;train.learning_rate=0.00003 train.beta=0.04;train.learning_rate=0.0001 train.beta=0.04 prepare.n_shots=3}"
+names=()
+if [ -z "${REAL_RUN_SETTING:-}" ]; then
+  jobs=${REAL_RUN_JOBS:-2}
+  for i in "${!settings[@]}"; do
+    names+=("dev-$((i + 1))")
+    mapfile -t flags < <(as_flags "${settings[$i]}")
+    stamp "dev-$((i + 1)): ${settings[$i]}"
+    dvc exp run --queue "${common[@]}" "${dev[@]}" "${flags[@]}" "${extra[@]}" -n "dev-$((i + 1))"
+  done
+  dvc queue start --jobs "$jobs"
+fi
 
 # Meanwhile, in the workspace: prepare and baseline on the test set, then the peers on that prepared data and
 # baseline (they read everything at their start, so applying the best dev experiment later does not reach them).
@@ -60,37 +70,44 @@ stamp "peers start"
 # Plain TRL in bf16 died with a device-side assert in its sampling on this model (benchmarks/README.md), so the
 # peers train in fp32 unless REAL_RUN_PEER_DTYPE says otherwise.
 peer_dtype=${REAL_RUN_PEER_DTYPE:-float32}
-python benchmarks/trl_peer.py --dtype "$peer_dtype" --out "$out/peer_defaults" > "$out/peer_defaults.log" 2>&1 &
-python benchmarks/trl_peer.py --dtype "$peer_dtype" --lora-r 16 --lr 5e-5 --out "$out/peer_lora" > "$out/peer_lora.log" 2>&1 &
+python "$here/trl_peer.py" --dtype "$peer_dtype" --out "$out/peer_defaults" > "$out/peer_defaults.log" 2>&1 &
+python "$here/trl_peer.py" --dtype "$peer_dtype" --lora-r 16 --lr 5e-5 --out "$out/peer_lora" > "$out/peer_lora.log" 2>&1 &
 
-deadline=${REAL_RUN_DEV_DEADLINE:-}
-# (grep without -q: with pipefail, -q exiting early would fail the pipeline and end the wait)
-while dvc queue status 2>/dev/null | grep -E "Queued|Running" > /dev/null; do
-  if [ -n "$deadline" ] && [ $(( $(date +%s) - start )) -ge "$deadline" ]; then
-    stamp "dev deadline ${deadline} s: killing the dev experiments still running"
-    dvc queue status | tee "$out/dev_queue_at_deadline.txt"
-    dvc queue kill $(for lr in "${lrs[@]}"; do echo "dev-lr$lr"; done) 2>/dev/null || true
-    dvc queue remove --queued 2>/dev/null || true
-    sleep 5
-    break
-  fi
-  sleep 10
-done
-dvc queue status | tee "$out/dev_queue_status.txt"
-for lr in "${lrs[@]}"; do dvc queue logs "dev-lr$lr" > "$out/dev-lr$lr.log" 2>&1 || true; done
-dvc exp show --json > "$out/dev_exps.json"
-dvc exp show --csv --only-changed > "$out/dev_exps.csv" || true
-read -r best_exp best < <(python benchmarks/best_dev_run.py "$out/dev_exps.json" | sed 's/^None$/None None/')
-if [ "$best_exp" = None ]; then
-  best=${REAL_RUN_FALLBACK_LR:?no dev experiment finished and REAL_RUN_FALLBACK_LR is not set}
-  stamp "no dev experiment finished: the test run trains with the fallback learning rate $best (NOT chosen on dev)"
+if [ -n "${REAL_RUN_SETTING:-}" ]; then
+  chosen=$REAL_RUN_SETTING
+  stamp "no dev queue: the test run trains with REAL_RUN_SETTING ($chosen)"
 else
-  stamp "best dev experiment: $best_exp (learning rate $best); applying it"
-  dvc exp apply "$best_exp"
+  deadline=${REAL_RUN_DEV_DEADLINE:-}
+  # (grep without -q: with pipefail, -q exiting early would fail the pipeline and end the wait)
+  while dvc queue status 2>/dev/null | grep -E "Queued|Running" > /dev/null; do
+    if [ -n "$deadline" ] && [ $(( $(date +%s) - start )) -ge "$deadline" ]; then
+      stamp "dev deadline ${deadline} s: killing the dev experiments still running"
+      dvc queue status | tee "$out/dev_queue_at_deadline.txt"
+      dvc queue kill "${names[@]}" 2>/dev/null || true
+      dvc queue remove --queued 2>/dev/null || true
+      sleep 5
+      break
+    fi
+    sleep 10
+  done
+  dvc queue status | tee "$out/dev_queue_status.txt"
+  for name in "${names[@]}"; do dvc queue logs "$name" > "$out/$name.log" 2>&1 || true; done
+  dvc exp show --json > "$out/dev_exps.json"
+  dvc exp show --csv --only-changed > "$out/dev_exps.csv" || true
+  best_exp=$(python "$here/best_dev_run.py" "$out/dev_exps.json")
+  if [ "$best_exp" = None ]; then
+    chosen=${REAL_RUN_FALLBACK:?no dev experiment finished and REAL_RUN_FALLBACK is not set}
+    stamp "no dev experiment finished: the test run trains with the fallback setting $chosen (NOT chosen on dev)"
+  else
+    for i in "${!names[@]}"; do [ "${names[$i]}" = "$best_exp" ] && chosen=${settings[$i]}; done
+    stamp "best dev experiment: $best_exp ($chosen); applying it"
+    dvc exp apply "$best_exp"
+  fi
 fi
+mapfile -t chosen_flags < <(as_flags "$chosen")
 
 stamp "test: the chosen setting on the whole RACE test set (train reused when the dev adapter applies)"
-dvc exp run "${common[@]}" "${test[@]}" -S "train.learning_rate=$best" "${extra[@]}" -n "test-lr$best" > "$out/test_run.log" 2>&1 \
+dvc exp run "${common[@]}" "${test[@]}" "${chosen_flags[@]}" "${extra[@]}" -n test-run > "$out/test_run.log" 2>&1 \
   || { tail -50 "$out/test_run.log"; exit 1; }
 grep -E "Stage 'train' didn't change|Running stage 'train'|Restored stage" "$out/test_run.log" || true
 grep -A8 "| variant | base acc" "$out/test_run.log" || true

@@ -1,0 +1,68 @@
+"""benchmarks/real_270m.sh on the tiny model and a tiny RACE tarball: the dev queue, the choice made on dev,
+the chosen experiment moved to test with its adapter kept, and the peers beside it (a CPU smoke run)."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mcgrpo.demo import TINY_MODEL, setup_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def race_tarball(path: Path) -> Path:
+    """A RACE.tar.gz in the CMU layout: four questions per passage file, in train, dev and test."""
+    root = path.parent / "race_src"
+    for split, n_files in (("train", 6), ("dev", 4), ("test", 4)):
+        for level in ("high", "middle"):
+            d = root / "RACE" / split / level
+            d.mkdir(parents=True)
+            for i in range(n_files):
+                passage = {"article": f"{split} {level} story {i}: Tom went to the school by the park.",
+                           "id": f"{i}.txt",
+                           "questions": ["Where did Tom go?", "Tom went to _ .", "What was near?", "Who went?"],
+                           "options": [["home", "school", "park", "shop"]] * 3 + [["Tom", "Ann", "Bob", "Sue"]],
+                           "answers": ["B", "B", "C", "A"]}
+                (d / f"{i}.txt").write_text(json.dumps(passage))
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(root / "RACE", arcname="RACE")
+    return path
+
+
+SMALL = ("-S prepare.n_train=8 -S prepare.n_eval=8 -S train.max_steps=2 -S train.per_device_train_batch_size=4 "
+         "-S train.gradient_accumulation_steps=1 -S train.num_generations=4 -S eval.batch_size=8 "
+         "-S eval.max_new_tokens=8 -S reward_model.n_questions=4 -S reward_model.max_new_tokens=8 "
+         "-S reward_model.batch_size=8 -S train.save_steps=1")
+
+
+def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
+    repo = setup_demo(ROOT, tmp_path / "repo", warm_start_steps=0)
+    race, out = race_tarball(tmp_path / "RACE.tar.gz"), tmp_path / "out"
+    env = {**os.environ, "REAL_RUN_EXTRA": SMALL, "REAL_RUN_JOBS": "2", "REAL_RUN_DTYPE": "float32",
+           "REAL_RUN_DEV": "train.learning_rate=0.0001;train.learning_rate=0.001 train.beta=0.04",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(ROOT / "benchmarks/real_270m.sh"), str(repo / TINY_MODEL), str(race), str(out)],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "best dev experiment: dev-" in run.stdout
+    test_log = (out / "test_run.log").read_text()
+    # The chosen dev experiment's adapter is the one evaluated on test: no second training run.
+    assert "Stage 'train' didn't change" in test_log and "Running stage 'train'" not in test_log
+    assert "Running stage 'evaluate'" in test_log
+    comparison = json.loads((repo / "metrics/comparison.json").read_text())
+    assert "completion_direct" in comparison and comparison["completion_direct"]["n_paired"] == 8
+    stats = json.loads((repo / "data/prepared/stats.json").read_text())
+    assert stats["eval"]["n"] == 8 and stats["train"]["n"] == 8
+    for peer in ("peer_defaults", "peer_lora"):
+        metrics = json.loads((out / peer / "metrics.json").read_text())
+        assert metrics["settings"]["max_steps"] == 2 and "completion_direct" in metrics["comparison"]
+    with tarfile.open(out / "results.tgz") as tar:
+        assert {"metrics/comparison.json", "reports/report.md"} <= set(tar.getnames())
+
+
+pytestmark = pytest.mark.slow
