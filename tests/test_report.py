@@ -74,3 +74,27 @@ def test_reward_model_section_reports_quality_or_why_it_was_skipped():
                "positive_rate": 0.0}
     text = "\n".join(reward_model_section(skipped, RewardModelParams(), 0.0))
     assert "**Skipped:** all 8 labelled completions are wrong" in text and "learned=0.3" in text
+
+
+def test_a_collapsed_policy_is_called_out():
+    # The real 270M run (benchmarks/results/2026-12-01_h200_real270m_fp32): entropy 0.018, 97% of groups alike.
+    base = [pred(i, "cot", i % 4 == 0) for i in range(20)]
+    collapsed = {"steps": 150, "reward_first": 0.31, "reward_last10": 0.37, "entropy_last10": 0.018,
+                 "frac_reward_zero_std_last10": 0.967}
+    lines = insights(compare(base, base), summarize(base), summarize(base), collapsed)
+    assert any("policy collapsed" in line and "97%" in line and "train.beta" in line for line in lines)
+    healthy = {**collapsed, "entropy_last10": 0.9, "frac_reward_zero_std_last10": 0.3}
+    assert not any("collapsed" in line for line in insights(compare(base, base), summarize(base), summarize(base),
+                                                             healthy))
+    assert not any("collapsed" in line for line in insights(compare(base, base), summarize(base), summarize(base), {}))
+
+
+def test_train_summary_keeps_entropy_and_zero_std_share():
+    from mcgrpo.training import _summary
+
+    history = [{"reward": 0.3, "entropy": 1.0 - i / 20, "frac_reward_zero_std": i / 20, "step_time": 1.0}
+               for i in range(20)]
+    summary = _summary(history, steps=20, resumed_from_step=0, runtime_s=20.0)
+    assert summary["entropy_last10"] == round(sum(1.0 - i / 20 for i in range(10, 20)) / 10, 4)
+    assert summary["frac_reward_zero_std_last10"] == round(sum(i / 20 for i in range(10, 20)) / 10, 4)
+    assert "entropy_last10" not in _summary([{"reward": 0.3}], steps=1, resumed_from_step=0, runtime_s=1.0)

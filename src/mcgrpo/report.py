@@ -76,7 +76,23 @@ def insights(comparison: dict, base: dict, tuned: dict, train_metrics: dict, alp
     if train_metrics.get("reward_first") is not None:
         out.append(f"Training reward went from {train_metrics['reward_first']} (first step) to "
                    f"{train_metrics['reward_last10']} (mean of the last 10 steps) over {train_metrics['steps']} steps.")
+    if warning := collapse_warning(train_metrics):
+        out.append(warning)
     return out
+
+
+def collapse_warning(train_metrics: dict, max_entropy: float = 0.05, min_frac_zero_std: float = 0.9) -> str | None:
+    """A sentence when the policy ended collapsed: near-zero entropy, or (almost) every group of completions
+    scored alike, so GRPO's advantages were zero and the last steps taught nothing."""
+    entropy, frac = train_metrics.get("entropy_last10"), train_metrics.get("frac_reward_zero_std_last10")
+    if (entropy is None or entropy > max_entropy) and (frac is None or frac < min_frac_zero_std):
+        return None
+    return (f"**The policy collapsed**: over the last 10 steps its token entropy was {entropy} and "
+            f"{frac:.0%} of the groups had one reward for all their completions (zero advantage: no learning signal). "
+            "Try a KL penalty (`-S train.beta=0.04`), a lower `train.learning_rate`, more `train.num_generations`, "
+            "or a higher `train.temperature`.") if frac is not None else (
+            f"**The policy collapsed**: its token entropy over the last 10 steps was {entropy}. Try a KL penalty "
+            "(`-S train.beta=0.04`) or a lower `train.learning_rate`.")
 
 
 def _stats_section(stats: dict) -> str:

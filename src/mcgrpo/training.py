@@ -417,6 +417,12 @@ def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtim
         if tail else None,
         "step_time_s_last10": round(sum(h.get("step_time", 0) for h in tail) / len(tail), 2) if tail else None,
     }
+    # A collapsed policy samples the same completion for every prompt: its groups all get one reward, so
+    # GRPO's advantages (and gradients) are zero and it stops learning (see report.collapse_warning).
+    for key, name in (("entropy", "entropy_last10"), ("frac_reward_zero_std", "frac_reward_zero_std_last10")):
+        values = [h[key] for h in tail if key in h]
+        if values:
+            summary[name] = round(sum(values) / len(values), 4)
     if rollout_seconds:  # fast rollouts time themselves: how much of a step is sampling, how much training
         later = (rollout_seconds[1:] or rollout_seconds)[-10:]  # the first call compiles
         summary["rollout_time_s_last10"] = round(sum(later) / len(later), 2)
