@@ -1,6 +1,7 @@
 # make demo   install the CPU stack, then run every stage offline on a tiny model (about 2 minutes)
 # make test   install test dependencies, then run the whole test suite (what CI runs)
 # make gpu    install the CUDA stack (adds Unsloth) on a GPU machine
+# make notebooks  run the three workshop notebooks top to bottom (offline demo project by default)
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 # torch first: an unpinned torch pulled in by another package would bring gigabytes of CUDA wheels.
@@ -9,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO_DIR ?= build/demo
 
-.PHONY: install demo test test-fast browser gpu clean
+.PHONY: install demo test test-fast browser gpu notebooks clean
 
 install:
 	$(PIP) install -q $(TORCH_INDEX) "$(TORCH)"
@@ -34,6 +35,12 @@ test-fast: install
 
 gpu:
 	$(PIP) install -r requirements-gpu.txt
+
+# In order: 02 trains on what 01 prepared, 03 compares with 02's adapter (notebooks/demo-project by default).
+notebooks: install
+	$(PIP) install -q -r requirements-test.txt
+	cd notebooks && for nb in 01_dataset_evaluation 02_fine_tuning_grpo 03_comparison_evaluation; do \
+	  $(PYTHON) -c "from nbclient.cli import main; main()" $$nb.ipynb || exit 1; done
 
 clean:
 	rm -rf build .pytest_cache

@@ -45,11 +45,14 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def project_env(cwd) -> dict:
+    # The stages import the project's own copy of the package: the code DVC hashes is the code that runs.
+    return {**os.environ, **GIT_ENV, "DVC_NO_ANALYTICS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(cwd) / "src"), os.environ.get("PYTHONPATH")]))}
+
+
 def run(cmd: list[str], cwd, check=True, capture=False) -> subprocess.CompletedProcess:
-    # The stages import the demo's own copy of the package: the code DVC hashes is the code that runs.
-    env = {**os.environ, **GIT_ENV, "DVC_NO_ANALYTICS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(cwd) / "src"), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run(cmd, cwd=cwd, env=env, check=check, text=True, capture_output=capture)
+    return subprocess.run(cmd, cwd=cwd, env=project_env(cwd), check=check, text=True, capture_output=capture)
 
 
 WARM_START_STEPS = 200  # so the tiny model answers in format and GRPO sees reward differences

@@ -23,11 +23,13 @@ TRAINING_CURVES = {
 MODELS = (("baseline", "base"), ("finetuned", "fine-tuned"))
 
 
-def accuracy_rows(base: dict, tuned: dict) -> list[dict]:
-    """Long format, a row per variant x model (one bar each in `dvc plots`), with the 95% interval."""
+def accuracy_rows(base: dict, tuned: dict | None = None) -> list[dict]:
+    """Long format, a row per variant x model (one bar each in `dvc plots`), with the 95% interval.
+    Without `tuned`: the base model's rows alone (the dataset notebook, before any training)."""
     rows = []
-    for variant in (v for v in base if v in tuned):
-        for key, label in MODELS:
+    models = MODELS if tuned is not None else MODELS[:1]
+    for variant in (v for v in base if tuned is None or v in tuned):
+        for key, label in models:
             m = (base if key == "baseline" else tuned)[variant]
             rows.append({"variant": variant, "model": key, "label": f"{variant} / {label}", "accuracy": m["accuracy"],
                          "ci_low": m["accuracy_ci_low"], "ci_high": m["accuracy_ci_high"]})
@@ -59,11 +61,11 @@ def _save(fig, path) -> None:
     plt.close(fig)
 
 
-def _grouped_bars(ax, groups: list[str], value, err=None) -> None:
-    """Base and fine-tuned side by side for each group; value(group, model) -> float."""
-    width = 0.38
-    for k, (key, label) in enumerate(MODELS):
-        xs = [i + (k - 0.5) * width for i in range(len(groups))]
+def _grouped_bars(ax, groups: list[str], value, err=None, models=MODELS) -> None:
+    """The models side by side for each group (base and fine-tuned by default); value(group, model) -> float."""
+    width = 0.76 / len(models)
+    for k, (key, label) in enumerate(models):
+        xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(groups))]
         heights = [value(g, key) for g in groups]
         yerr = None
         if err:
@@ -82,7 +84,8 @@ def plot_accuracy(path, rows: list[dict]) -> None:
     by = {(r["variant"], r["model"]): r for r in rows}
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(variants), 3.2))
     _grouped_bars(ax, variants, lambda v, m: by[(v, m)]["accuracy"],
-                  lambda v, m: (by[(v, m)]["ci_low"], by[(v, m)]["ci_high"]))
+                  lambda v, m: (by[(v, m)]["ci_low"], by[(v, m)]["ci_high"]),
+                  models=[m for m in MODELS if any(r["model"] == m[0] for r in rows)])
     ax.set_title("Accuracy per prompt variant (95% CI)")
     ax.legend(loc="upper left", fontsize=8)
     _save(fig, path)

@@ -1,0 +1,91 @@
+"""What the workshop notebooks (notebooks/*.ipynb) share: a project to work in, its params, stages run by DVC.
+
+The notebooks hold no second implementation: they call the functions the stages call, or run a stage with
+`dvc repro`. Their first cell names a project folder; by default a scratch copy of the offline demo (tiny
+random-init Gemma 3, synthetic questions), shared by the three notebooks so 02 trains on what 01 prepared.
+"""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from mcgrpo.demo import project_env, run, setup_demo
+from mcgrpo.fileio import write_text
+from mcgrpo.params import load_params
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The checkout the notebook runs from: the first folder upwards holding dvc.yaml and src/mcgrpo."""
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").exists() and (folder / "src" / "mcgrpo").is_dir():
+            return folder
+    raise FileNotFoundError(f"no mcgrpo checkout at or above {start}: run the notebook from the repository")
+
+
+def open_project(path=None, warm_start_steps: int | None = None) -> Path:
+    """Work in `path` (a project with dvc.yaml and params.yaml), or in the shared demo project, made once.
+
+    The working directory becomes the project: the package's paths (data/prepared/..., metrics/...) are
+    relative, as they are for the stages.
+    """
+    if path is None:
+        path = repo_root() / "notebooks" / "demo-project"
+        if not (path / "dvc.yaml").exists():
+            print(f"making the offline demo project in {path} (tiny model, synthetic questions) ...")
+            setup_demo(repo_root(), path, **({} if warm_start_steps is None else {"warm_start_steps": warm_start_steps}))
+    path = Path(path).resolve()
+    if not (path / "dvc.yaml").exists() or not (path / "params.yaml").exists():
+        raise FileNotFoundError(f"{path}: not a project folder (needs dvc.yaml and params.yaml)")
+    os.chdir(path)
+    return path
+
+
+def set_params(changes: dict) -> dict:
+    """Merge {section: {key: value}} into params.yaml (as `dvc exp run -S` would) and validate the result;
+    None values are left out, so a notebook parameter of None keeps the project's setting."""
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    for section, values in changes.items():
+        for key, value in values.items():
+            if value is not None:
+                params.setdefault(section, {})[key] = value
+    write_text(Path("params.yaml"), yaml.safe_dump(params, sort_keys=False))
+    return load_params().model_dump()  # a bad value fails here, naming the key
+
+
+def repro(*stages: str) -> str:
+    """`dvc repro STAGE...` in the project; returns its output and raises with it when a stage fails."""
+    out = run(["dvc", "repro", *stages], Path.cwd(), check=False, capture=True)
+    if out.returncode:
+        raise RuntimeError(f"dvc repro {' '.join(stages)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def repro_with_progress(stage: str, on_poll, every_s: float = 2.0) -> str:
+    """`dvc repro STAGE` in the background, calling on_poll() every `every_s` seconds (and once at the end)
+    so a notebook can redraw the training curves while the stage writes them."""
+    log = Path(".dvc/tmp") / f"notebook-{stage}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        process = subprocess.Popen(["dvc", "repro", stage], stdout=out, stderr=subprocess.STDOUT, env=project_env(Path.cwd()),
+                                   text=True)
+        while process.poll() is None:
+            time.sleep(every_s)
+            on_poll()
+    on_poll()
+    text = log.read_text()
+    if process.returncode:
+        raise RuntimeError(f"dvc repro {stage} failed:\n{text[-3000:]}")
+    return text
+
+
+def adapter_path(adapter: str) -> Path:
+    """A local adapter folder as given, or a Hub repo id downloaded (token from HF_TOKEN / `hf auth login`)."""
+    if Path(adapter).exists():
+        return Path(adapter)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(adapter))
