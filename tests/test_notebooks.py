@@ -54,11 +54,11 @@ RESULT_CELLS = {
 def test_the_three_notebooks_give_the_pipelines_numbers(tmp_path):
     project = setup_demo(ROOT, tmp_path / "demo")
 
-    first = execute(NOTEBOOKS[0], project, N_EVAL=12, VARIANTS=["direct", "cot"])
+    first = execute(NOTEBOOKS[0], project, N_EVAL=12)
     assert first["stats_n"] == 12
     run(["dvc", "repro", "baseline"], project)
     pipeline = json.loads((project / "metrics/baseline.json").read_text())
-    assert set(first["metrics"]) == set(pipeline) == {"loglik", "direct", "cot"}
+    assert set(first["metrics"]) == set(pipeline) == {"loglik", "direct", "cot", "completion_direct", "completion_cot"}
     for variant, m in pipeline.items():
         for key in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "format_rate", "answered_rate", "n"):
             assert first["metrics"][variant][key] == m[key], (variant, key)
