@@ -209,3 +209,15 @@ def test_a_diverged_run_stops_with_a_message():
     for logs in ({"loss": math.nan}, {"loss": 0.1, "grad_norm": math.inf}):
         with pytest.raises(UserError, match="training diverged at step 39: .* is (nan|inf); lower train.learning_rate"):
             callback.on_log(args, state, TrainerControl(), logs=logs)
+
+
+def test_plot_tables_quote_values_with_commas(tmp_path):
+    # A source name with a comma (a table's `source` column is free text) once split a row into extra columns.
+    import csv
+
+    from mcgrpo.plots import write_csv
+
+    rows = [{"label": "quality, hard / base", "accuracy": 0.5}, {"label": 'the "middle" set', "accuracy": 0.25}]
+    write_csv(tmp_path / "t.csv", rows)
+    with open(tmp_path / "t.csv", newline="") as f:
+        assert [{k: (float(v) if k == "accuracy" else v) for k, v in r.items()} for r in csv.DictReader(f)] == rows

@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mcgrpo.fileio import atomic_path, write_text  # noqa: E402
+from mcgrpo.fileio import atomic_path  # noqa: E402
 
 # dvclive metric files (under <live>/plots/metrics/) worth a panel each, with their titles.
 TRAINING_CURVES = {
@@ -50,9 +50,11 @@ def source_rows(base: dict, tuned: dict) -> list[dict]:
 
 
 def write_csv(path, rows: list[dict]) -> None:
-    """Rows as CSV (for `dvc plots`); values never contain commas here."""
-    header = list(rows[0]) if rows else []
-    write_text(path, ",".join(header) + "\n" + "".join(",".join(str(r[k]) for k in header) + "\n" for r in rows))
+    """Rows as CSV (for `dvc plots`), quoted where a value holds a comma or a quote (a source name may)."""
+    with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _save(fig, path) -> None:
