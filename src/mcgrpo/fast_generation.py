@@ -35,8 +35,8 @@ def grouped_query_and_mask(query, key, attention_mask, is_causal=None):
     elif q_len > 1 and (is_causal if is_causal is not None else True):
         # Rows are (head, position) pairs now: spell the causal mask out per row, aligned as SDPA's is_causal
         # aligns it (query i sees keys 0..i). HF leaves the mask out for an unpadded prefill into a static
-        # cache, whose keys run past the prompt to the cache's end; aligning to the end instead let the
-        # prompt see empty slots (caught by an unpadded batch disagreeing with model.generate).
+        # cache, whose keys run past the prompt to the cache's end; aligning to the end instead would let
+        # the prompt see empty slots.
         positions = torch.arange(q_len, device=query.device).repeat(group)
         mask = positions[:, None] >= torch.arange(key.shape[-2], device=query.device)
     return q, mask
@@ -52,8 +52,8 @@ def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     KV head: the same arithmetic, one read of K and V.
 
     A one-token decode step is two matmuls and a softmax, which inductor fuses well: SDPA's fused kernels
-    tile the queries by 64 rows and a decode step has 4, so on the H100 at the 1B shape cuDNN's kernel
-    took 1.86 ms of a 3.98 ms step, the matmuls 1.08 ms of 3.11. Longer inputs (prefill, training) use SDPA.
+    tile the queries by 64 rows and a decode step has 4, so most of each tile is wasted (measured in
+    benchmarks/README.md). Longer inputs (prefill, training) use SDPA.
     """
     q, mask = grouped_query_and_mask(query, key, attention_mask, is_causal)
     if query.shape[2] == 1:
@@ -105,7 +105,7 @@ class LayerCache:
     max_length: at RACE lengths (prompts up to ~1,200 tokens + 256 new) that halves the attention's reads.
     Attention is a sum over keys, so their order in the buffer does not matter; the mask says which slots hold
     positions inside the window (StaticGenerator.decode_masks). HF's sliding-window cache gets the same memory
-    by rolling its whole window one slot on every step, which cost a third of the decode step on an H100.
+    by rolling its whole window one slot on every step: a copy of the window per layer per token.
 
     `position` is the generator's step position (a tensor at a fixed address, so a CUDA graph replays writes
     to the right slot). A multi-token update is a prefill from position 0: it returns the prompt's own K/V
@@ -210,12 +210,12 @@ class StaticGenerator:
         self.cuda_graphs = compile and self.device.type == "cuda"  # the GPU tests cover graphs of the compiled step
         # Regional compilation: each decoder layer runs through one compiled function that takes the layer and its
         # LayerCache as arguments, so inductor compiles one graph per layer kind (sliding, full) and every layer of
-        # that kind reuses it. Compiling the whole step as one graph took ~75 s on an H100 at the 1B shape (26
-        # layers traced and lowered one by one); the glue around the layers (embedding, rotary, masks, final norm,
-        # lm_head, token pick) stays eager, and the CUDA graph below records all of it.
+        # that kind reuses it, instead of every layer traced and lowered one by one in a whole-step graph (a long
+        # warm-up); the glue around the layers (embedding, rotary, masks, final norm, lm_head, token pick) stays
+        # eager, and the CUDA graph below records all of it.
         # This class captures the step in a CUDA graph itself: torch.compile's own CUDA graphs (mode=
         # "reduce-overhead") check every static input (each weight, each cache tensor) in Python on every call,
-        # and on the H100 the host took longer per token than the GPU. compile_mode (e.g.
+        # which can take the host longer per token than the GPU's work. compile_mode (e.g.
         # "max-autotune-no-cudagraphs") tunes the kernels.
         self._decode_layer = self._prefill_layer = None
         if compile:

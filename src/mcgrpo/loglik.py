@@ -24,8 +24,8 @@ def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16)
     """Summed log-probability of " <option>" after the context, for every option of every record.
 
     The context (passage and question, most of the tokens) goes through the model once per question;
-    each option then continues from a copy of its KV cache. Scoring every option with its own full
-    forward pass, as before, read each passage four times. batch_size counts option sequences.
+    each option then continues from a copy of its KV cache, so a passage is read once, not once per
+    option. batch_size counts option sequences.
     """
     if not records:
         return []

@@ -113,8 +113,8 @@ def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None):
     check_local_path(p.name)
     backend = backend or pick_backend(p.backend)
     if lora is None:
-        # Unsloth is the training backend only: its inference path generated 3x fewer tokens/s than
-        # plain transformers for batched eval on an H100 (benchmarks/README.md), so eval never uses it.
+        # Unsloth is the training backend only: its inference path is slower than plain transformers for
+        # batched eval (benchmarks/README.md), so eval never uses it.
         backend = "transformers"
     dtype = torch_dtype(p.dtype)
     if backend == "unsloth":
