@@ -14,7 +14,6 @@ Run from the project root after `dvc repro baseline` (it reads data/prepared/ an
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 

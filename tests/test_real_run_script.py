@@ -13,6 +13,7 @@ import pytest
 from mcgrpo.demo import TINY_MODEL, setup_demo
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 def race_tarball(path: Path) -> Path:
@@ -64,5 +65,3 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     with tarfile.open(out / "results.tgz") as tar:
         assert {"metrics/comparison.json", "reports/report.md"} <= set(tar.getnames())
 
-
-pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from mcgrpo.demo import project_env, run, setup_demo
+from mcgrpo.demo import project_env, setup_demo
 from mcgrpo.fileio import write_text
 from mcgrpo.params import load_params
 
@@ -26,7 +26,7 @@ def repo_root(start: Path | None = None) -> Path:
     raise FileNotFoundError(f"no mcgrpo checkout at or above {start}: run the notebook from the repository")
 
 
-def open_project(path=None, warm_start_steps: int | None = None) -> Path:
+def open_project(path=None) -> Path:
     """Work in `path` (a project with dvc.yaml and params.yaml), or in the shared demo project, made once.
 
     The working directory becomes the project: the package's paths (data/prepared/..., metrics/...) are
@@ -36,7 +36,7 @@ def open_project(path=None, warm_start_steps: int | None = None) -> Path:
         path = repo_root() / "notebooks" / "demo-project"
         if not (path / "dvc.yaml").exists():
             print(f"making the offline demo project in {path} (tiny model, synthetic questions) ...")
-            setup_demo(repo_root(), path, **({} if warm_start_steps is None else {"warm_start_steps": warm_start_steps}))
+            setup_demo(repo_root(), path)
     path = Path(path).resolve()
     if not (path / "dvc.yaml").exists() or not (path / "params.yaml").exists():
         raise FileNotFoundError(f"{path}: not a project folder (needs dvc.yaml and params.yaml)")
@@ -56,29 +56,24 @@ def set_params(changes: dict) -> dict:
     return load_params().model_dump()  # a bad value fails here, naming the key
 
 
-def repro(*stages: str) -> str:
-    """`dvc repro STAGE...` in the project; returns its output and raises with it when a stage fails."""
-    out = run(["dvc", "repro", *stages], Path.cwd(), check=False, capture=True)
-    if out.returncode:
-        raise RuntimeError(f"dvc repro {' '.join(stages)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out.stdout
-
-
-def repro_with_progress(stage: str, on_poll, every_s: float = 2.0) -> str:
-    """`dvc repro STAGE` in the background, calling on_poll() every `every_s` seconds (and once at the end)
-    so a notebook can redraw the training curves while the stage writes them."""
-    log = Path(".dvc/tmp") / f"notebook-{stage}.log"
+def repro(*stages: str, on_poll=None, every_s: float = 2.0) -> str:
+    """`dvc repro STAGE...` in the project; returns its output and raises with it when a stage fails.
+    on_poll() is called every `every_s` seconds while it runs (and once at the end), so a notebook can
+    redraw the training curves as the stage writes them."""
+    log = Path(".dvc/tmp") / f"notebook-{'-'.join(stages) or 'all'}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        process = subprocess.Popen(["dvc", "repro", stage], stdout=out, stderr=subprocess.STDOUT, env=project_env(Path.cwd()),
-                                   text=True)
+        process = subprocess.Popen(["dvc", "repro", *stages], stdout=out, stderr=subprocess.STDOUT,
+                                   env=project_env(Path.cwd()), text=True)
         while process.poll() is None:
-            time.sleep(every_s)
-            on_poll()
-    on_poll()
+            time.sleep(every_s if on_poll else 0.2)
+            if on_poll:
+                on_poll()
+    if on_poll:
+        on_poll()
     text = log.read_text()
     if process.returncode:
-        raise RuntimeError(f"dvc repro {stage} failed:\n{text[-3000:]}")
+        raise RuntimeError(f"dvc repro {' '.join(stages)} failed:\n{text[-3000:]}")
     return text
 
 

@@ -87,12 +87,12 @@ def collapse_warning(train_metrics: dict, max_entropy: float = 0.05, min_frac_ze
     entropy, frac = train_metrics.get("entropy_last10"), train_metrics.get("frac_reward_zero_std_last10")
     if (entropy is None or entropy > max_entropy) and (frac is None or frac < min_frac_zero_std):
         return None
-    return (f"**The policy collapsed**: over the last 10 steps its token entropy was {entropy} and "
-            f"{frac:.0%} of the groups had one reward for all their completions (zero advantage: no learning signal). "
-            "Try a KL penalty (`-S train.beta=0.04`), a lower `train.learning_rate`, more `train.num_generations`, "
-            "or a higher `train.temperature`.") if frac is not None else (
-            f"**The policy collapsed**: its token entropy over the last 10 steps was {entropy}. Try a KL penalty "
-            "(`-S train.beta=0.04`) or a lower `train.learning_rate`.")
+    seen = [f"token entropy {entropy}" if entropy is not None else "",
+            f"{frac:.0%} of the groups had one reward for all their completions (zero advantage: no learning signal)"
+            if frac is not None else ""]
+    return (f"**The policy collapsed** (last 10 steps: {'; '.join(filter(None, seen))}). Try a KL penalty "
+            "(`-S train.beta=0.04`), a lower `train.learning_rate`, more `train.num_generations`, or a higher "
+            "`train.temperature`.")
 
 
 def _stats_section(stats: dict) -> str:

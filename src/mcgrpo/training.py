@@ -5,7 +5,6 @@ from the last complete checkpoint; any change starts afresh, so a stale run is n
 """
 
 import csv
-import hashlib
 import importlib.util
 import json
 import os
