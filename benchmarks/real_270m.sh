@@ -30,13 +30,14 @@ stamp() { echo "== $* ($(date -u +%T), $(( $(date +%s) - start )) s)"; }
 
 # What every run shares: the pretrained model, RACE, completion prompts, GRPO on the direct completion form.
 # Rollouts are 4 tokens (" B" and the line end), so TRL's own generate is used (no compile to amortise), and a
-# 270M model needs no gradient checkpointing.
+# 270M model needs no gradient checkpointing. Micro-batches of 8 completions keep four trainings and the peers
+# on one 141 GB GPU.
 common=(-S "model.name=$model" -S model.backend=transformers -S "model.dtype=${REAL_RUN_DTYPE:-float32}"
         -S prepare.source=race -S prepare.path=data/raw/RACE.tar.gz -S prepare.config=all
         -S prepare.n_train=2000 -S prepare.max_prompt_tokens=2048
         -S eval.batch_size=128 -S eval.max_new_tokens=128
         -S train.variant=completion_direct -S train.max_completion_length=4 -S train.max_steps=150
-        -S train.num_generations=8 -S train.per_device_train_batch_size=16 -S train.gradient_accumulation_steps=4
+        -S train.num_generations=8 -S train.per_device_train_batch_size=8 -S train.gradient_accumulation_steps=8
         -S train.beta=0.0 -S train.save_steps=50 -S train.rollout_engine=generate -S train.gradient_checkpointing=false
         -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=128
         -S reward_model.n_questions=40)
@@ -46,8 +47,13 @@ dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate -S "
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eval.engine=auto
       -S "eval.variants=[completion_direct,completion_cot,direct,cot]")
 
+# The default dev grid: learning rate x prompt form (0 or 3 solved shots), all with a KL anchor, since without one
+# the policy collapsed onto one letter (benchmarks/README.md). 3 shots need a longer prompt budget.
+shots3="prepare.n_shots=3 prepare.max_prompt_tokens=3072"
+default_dev="train.learning_rate=0.0001 train.beta=0.04;train.learning_rate=0.00003 train.beta=0.04;\
+train.learning_rate=0.0001 train.beta=0.04 $shots3;train.learning_rate=0.00003 train.beta=0.04 $shots3"
 as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
-IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-train.learning_rate=0.0001 train.beta=0.04;train.learning_rate=0.00003 train.beta=0.04;train.learning_rate=0.0001 train.beta=0.04 prepare.n_shots=3}"
+IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-$default_dev}"
 names=()
 if [ -z "${REAL_RUN_SETTING:-}" ]; then
   jobs=${REAL_RUN_JOBS:-2}
