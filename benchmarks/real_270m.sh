@@ -6,13 +6,15 @@
 # MODEL_DIR: a folder `mcgrpo from-gguf` wrote (an absolute path: queued experiments run in temp copies).
 # RACE_TARBALL: RACE.tar.gz from CMU (non-commercial research use only); copied to data/raw/.
 # 1. dev: a queue of experiments, one per setting in REAL_RUN_DEV (settings separated by ";", each a list of
-#    section.key=value), REAL_RUN_JOBS (2) at a time: GRPO on RACE train, evaluated on 1,000 RACE dev questions;
-# 2. meanwhile prepare + baseline on the whole RACE test set in the workspace, then the plain-TRL peers
-#    (benchmarks/trl_peer.py, fp32 unless REAL_RUN_PEER_DTYPE) trained and evaluated on the same prepared data;
-# 3. the dev experiment with the best fine-tuned accuracy on the trained variant is applied, and `dvc exp run`
+#    section.key=value), REAL_RUN_JOBS (1) at a time: GRPO on RACE train, evaluated on 1,000 RACE dev questions.
+#    One at a time is the fastest on one GPU: a 270M run is launch-bound, and two beside a baseline each took
+#    4x longer per step (benchmarks/README.md);
+# 2. the dev experiment with the best fine-tuned accuracy on the trained variant is applied, and `dvc exp run`
 #    moves it to the test set: prepare writes the same training sample (it does not depend on the eval split),
 #    so dvc keeps that experiment's adapter (train and reward_model are unchanged) and reruns baseline
-#    (restored from the run cache of step 2), evaluate, plots, report and publish on the test set;
+#    evaluate, plots, report and publish on the test set;
+# 3. the plain-TRL peers named in REAL_RUN_PEERS ("defaults lora"; benchmarks/trl_peer.py, fp32 unless
+#    REAL_RUN_PEER_DTYPE), one after the other, trained and evaluated on the test run's prepared data;
 # 4. OUT/: logs, dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
 # REAL_RUN_SETTING (a setting like one of REAL_RUN_DEV's): no dev queue; the test run trains with it.
 # REAL_RUN_DEV_DEADLINE (seconds after the start): dev experiments still running then are killed and the best
@@ -30,14 +32,13 @@ stamp() { echo "== $* ($(date -u +%T), $(( $(date +%s) - start )) s)"; }
 
 # What every run shares: the pretrained model, RACE, completion prompts, GRPO on the direct completion form.
 # Rollouts are 4 tokens (" B" and the line end), so TRL's own generate is used (no compile to amortise), and a
-# 270M model needs no gradient checkpointing. Micro-batches of 8 completions keep four trainings and the peers
-# on one 141 GB GPU.
+# 270M model needs no gradient checkpointing.
 common=(-S "model.name=$model" -S model.backend=transformers -S "model.dtype=${REAL_RUN_DTYPE:-float32}"
         -S prepare.source=race -S prepare.path=data/raw/RACE.tar.gz -S prepare.config=all
         -S prepare.n_train=2000 -S prepare.max_prompt_tokens=2048
         -S eval.batch_size=128 -S eval.max_new_tokens=128
         -S train.variant=completion_direct -S train.max_completion_length=4 -S train.max_steps=150
-        -S train.num_generations=8 -S train.per_device_train_batch_size=8 -S train.gradient_accumulation_steps=8
+        -S train.num_generations=8 -S train.per_device_train_batch_size=16 -S train.gradient_accumulation_steps=4
         -S train.beta=0.0 -S train.save_steps=50 -S train.rollout_engine=generate -S train.gradient_checkpointing=false
         -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=128
         -S reward_model.n_questions=40)
@@ -47,16 +48,15 @@ dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate -S "
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eval.engine=auto
       -S "eval.variants=[completion_direct,completion_cot,direct,cot]")
 
-# The default dev grid: learning rate x prompt form (0 or 3 solved shots), all with a KL anchor, since without one
-# the policy collapsed onto one letter (benchmarks/README.md). 3 shots need a longer prompt budget.
-shots3="prepare.n_shots=3 prepare.max_prompt_tokens=3072"
-default_dev="train.learning_rate=0.0001 train.beta=0.04;train.learning_rate=0.00003 train.beta=0.04;\
-train.learning_rate=0.0001 train.beta=0.04 $shots3;train.learning_rate=0.00003 train.beta=0.04 $shots3"
+# The default dev settings: two learning rates, both with a KL anchor, since without one the policy collapsed onto
+# one letter (benchmarks/README.md); the queue, the test run and one peer fit in a 30-minute GPU session.
+# A 3-shot prompt form: "...;train.learning_rate=0.00003 train.beta=0.04 prepare.n_shots=3 prepare.max_prompt_tokens=3072"
+default_dev="train.learning_rate=0.0001 train.beta=0.04;train.learning_rate=0.00003 train.beta=0.04"
 as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
 IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-$default_dev}"
 names=()
 if [ -z "${REAL_RUN_SETTING:-}" ]; then
-  jobs=${REAL_RUN_JOBS:-2}
+  jobs=${REAL_RUN_JOBS:-1}
   for i in "${!settings[@]}"; do
     names+=("dev-$((i + 1))")
     mapfile -t flags < <(as_flags "${settings[$i]}")
@@ -65,19 +65,6 @@ if [ -z "${REAL_RUN_SETTING:-}" ]; then
   done
   dvc queue start --jobs "$jobs"
 fi
-
-# Meanwhile, in the workspace: prepare and baseline on the test set, then the peers on that prepared data and
-# baseline (they read everything at their start, so applying the best dev experiment later does not reach them).
-stamp "test: prepare + baseline on the whole RACE test set"
-dvc exp run baseline "${common[@]}" "${test[@]}" "${extra[@]}" -n test-baseline > "$out/test_baseline.log" 2>&1 \
-  || { tail -50 "$out/test_baseline.log"; exit 1; }
-grep -A8 "| model | variant" "$out/test_baseline.log" || true
-stamp "peers start"
-# Plain TRL in bf16 died with a device-side assert in its sampling on this model (benchmarks/README.md), so the
-# peers train in fp32 unless REAL_RUN_PEER_DTYPE says otherwise.
-peer_dtype=${REAL_RUN_PEER_DTYPE:-float32}
-python "$here/trl_peer.py" --dtype "$peer_dtype" --out "$out/peer_defaults" > "$out/peer_defaults.log" 2>&1 &
-python "$here/trl_peer.py" --dtype "$peer_dtype" --lora-r 16 --lr 5e-5 --out "$out/peer_lora" > "$out/peer_lora.log" 2>&1 &
 
 if [ -n "${REAL_RUN_SETTING:-}" ]; then
   chosen=$REAL_RUN_SETTING
@@ -121,6 +108,19 @@ dvc exp show --csv --only-changed > "$out/exps.csv" || true
 dvc metrics show --md > "$out/metrics_show.md"
 tar czf "$out/results.tgz" metrics plots reports results/train data/prepared/stats.json data/prepared/shots.jsonl \
   data/predictions/baseline.jsonl data/predictions/finetuned.jsonl dvc.lock params.yaml
-stamp "test run done; waiting for the peers"
-wait
+# The peers, one after the other, on the test run's prepared data and baseline predictions.
+# Plain TRL in bf16 died with a device-side assert in its sampling on this model (benchmarks/README.md), so the
+# peers train in fp32 unless REAL_RUN_PEER_DTYPE says otherwise.
+peer_dtype=${REAL_RUN_PEER_DTYPE:-float32}
+for peer in ${REAL_RUN_PEERS:-defaults lora}; do
+  case $peer in
+    defaults) peer_args=() ;;
+    lora) peer_args=(--lora-r 16 --lr 5e-5) ;;
+    *) echo "REAL_RUN_PEERS: unknown peer '$peer' (known: defaults lora)" >&2; exit 2 ;;
+  esac
+  stamp "peer $peer"
+  python "$here/trl_peer.py" --dtype "$peer_dtype" "${peer_args[@]}" --out "$out/peer_$peer" > "$out/peer_$peer.log" 2>&1 \
+    || { tail -30 "$out/peer_$peer.log"; exit 1; }
+  tail -3 "$out/peer_$peer.log"
+done
 stamp "done"
