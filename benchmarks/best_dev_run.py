@@ -22,8 +22,8 @@ for commit in json.load(open(sys.argv[1])):
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
             if params.get("prepare", {}).get("eval_split") != "dev":
                 continue
-            comparison = (data.get("metrics") or {}).get("metrics/comparison.json", {}).get("data", {})
-            accuracy = comparison.get(params.get("train", {}).get("variant", variant), {}).get("finetuned_accuracy")
+            tuned = (data.get("metrics") or {}).get("metrics/finetuned.json", {}).get("data", {})
+            accuracy = tuned.get(params.get("train", {}).get("variant", variant), {}).get("accuracy")
             print(f"dev {rev.get('name')}: fine-tuned accuracy {accuracy}", file=sys.stderr)
             if accuracy is not None and accuracy > best_accuracy:
                 best, best_accuracy = rev.get("name"), accuracy

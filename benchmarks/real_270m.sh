@@ -39,7 +39,7 @@ common=(-S "model.name=$model" -S model.backend=transformers -S "model.dtype=${R
         -S eval.batch_size=128 -S eval.max_new_tokens=128
         -S train.variant=completion_direct -S train.max_completion_length=4 -S train.max_steps=150
         -S train.num_generations=8 -S train.per_device_train_batch_size=16 -S train.gradient_accumulation_steps=4
-        -S train.beta=0.0 -S train.save_steps=50 -S train.rollout_engine=generate -S train.gradient_checkpointing=false
+        -S train.beta=0.0 -S train.save_steps=50 -S train.rollout_engine=hf -S train.gradient_checkpointing=false
         -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=128
         -S reward_model.n_questions=40)
 extra=(${REAL_RUN_EXTRA:-})  # more -S flags, applied last (a CPU smoke run shrinks the sizes with these)

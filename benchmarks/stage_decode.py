@@ -123,7 +123,7 @@ def profile_steps(static, steps=32):
 
 def measure(label, net, compile_prefill=False):
     torch._dynamo.reset()  # each generator compiles from scratch: its warm-up is what a stage run pays
-    static = static_generator_for(net, tokenizer, prompts, batch_size=args.batch, max_new_tokens=args.new, engine="static",
+    static = static_generator_for(net, tokenizer, prompts, batch_size=args.batch, max_new_tokens=args.new, engine="fast",
                                   compile_prefill=compile_prefill)
     runs = {}
     result["models"][label] = {"max_length": static.max_length, "cache_slots": sorted({layer.slots for layer in static.cache.layers}),

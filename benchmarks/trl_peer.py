@@ -25,7 +25,7 @@ from mcgrpo.fileio import read_jsonl, write_json, write_jsonl
 from mcgrpo.metrics import compare, format_comparison, summarize
 from mcgrpo.modeling import load_model, torch_dtype
 from mcgrpo.params import load_params
-from mcgrpo.torch_logprobs import install_if_needed
+from mcgrpo.patches import install_torch_logprobs
 from mcgrpo.training import grpo_dataset, reward_functions
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,7 +43,7 @@ model_params = p.model.model_copy(update={"dtype": args.dtype}) if args.dtype el
 train_records, eval_records = read_jsonl(paths.TRAIN_SET), read_jsonl(paths.EVAL_SET)
 shots, baseline_rows = read_jsonl(paths.SHOTS), read_jsonl(paths.BASELINE_PREDICTIONS)
 model, tokenizer, _ = load_model(model_params, lora=tp.lora, backend="transformers")  # lora: a trainable model
-install_if_needed()
+install_torch_logprobs()
 
 from peft import LoraConfig  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402

@@ -3,8 +3,8 @@
 from mcgrpo import paths
 from mcgrpo.errors import EVAL_OOM, run_stage
 from mcgrpo.evaluation import answer_eval_set
-from mcgrpo.fileio import read_jsonl, write_json, write_jsonl
-from mcgrpo.metrics import format_metrics, summarize
+from mcgrpo.fileio import read_jsonl, write_jsonl
+from mcgrpo.metrics import format_metrics, summarize, write_metrics
 from mcgrpo.modeling import load_model
 from mcgrpo.params import load_params
 
@@ -16,7 +16,7 @@ def main():
     rows = answer_eval_set(model, tokenizer, records, p.eval, "base", shots=read_jsonl(paths.SHOTS))
     metrics = summarize(rows)
     write_jsonl(paths.BASELINE_PREDICTIONS, rows)
-    write_json(paths.BASELINE_METRICS, metrics)
+    write_metrics(paths.BASELINE_METRICS, metrics)
     print(format_metrics({"base": metrics}))
 
 

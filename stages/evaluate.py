@@ -3,8 +3,8 @@
 from mcgrpo import paths
 from mcgrpo.errors import EVAL_OOM, run_stage
 from mcgrpo.evaluation import answer_eval_set
-from mcgrpo.fileio import read_jsonl, write_json, write_jsonl
-from mcgrpo.metrics import compare, format_comparison, summarize
+from mcgrpo.fileio import read_jsonl, write_jsonl
+from mcgrpo.metrics import compare, format_comparison, summarize, write_metrics
 from mcgrpo.modeling import load_model
 from mcgrpo.params import load_params
 
@@ -16,8 +16,8 @@ def main():
     rows = answer_eval_set(model, tokenizer, records, p.eval, "finetuned", shots=read_jsonl(paths.SHOTS))
     comparison = compare(read_jsonl(paths.BASELINE_PREDICTIONS), rows)
     write_jsonl(paths.FINETUNED_PREDICTIONS, rows)
-    write_json(paths.FINETUNED_METRICS, summarize(rows))
-    write_json(paths.COMPARISON, comparison)
+    write_metrics(paths.FINETUNED_METRICS, summarize(rows))
+    write_metrics(paths.COMPARISON, comparison)
     print(format_comparison(comparison))
 
 

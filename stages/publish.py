@@ -4,6 +4,7 @@ Hub in one commit when publish.push is true. The token is checked before anythin
 from mcgrpo import paths
 from mcgrpo.errors import run_stage
 from mcgrpo.fileio import read_json, read_jsonl
+from mcgrpo.metrics import read_metrics
 from mcgrpo.params import load_params
 from mcgrpo.publish import build_folder, card_text, hub_token, pick_example, push
 
@@ -12,7 +13,7 @@ def main():
     p = load_params()
     pub = p.publish
     token = hub_token() if pub.push else None  # fail before any work when the upload could not happen
-    card = card_text(p, comparison=read_json(paths.COMPARISON), tuned_metrics=read_json(paths.FINETUNED_METRICS),
+    card = card_text(p, comparison=read_metrics(paths.COMPARISON), tuned_metrics=read_metrics(paths.FINETUNED_METRICS),
                      train_metrics=read_json(paths.TRAIN_METRICS), merged=pub.merge, repo_id=pub.repo_id,
                      example=pick_example(read_jsonl(paths.EVAL_SET), read_jsonl(paths.FINETUNED_PREDICTIONS),
                                           p.train.variant))

@@ -5,6 +5,7 @@ import yaml
 from mcgrpo import paths
 from mcgrpo.errors import run_stage
 from mcgrpo.fileio import read_json, read_jsonl, write_text
+from mcgrpo.metrics import read_metrics
 from mcgrpo.params import load_params
 from mcgrpo.report import build_report
 
@@ -23,8 +24,8 @@ def lock_hashes() -> dict:
 def main():
     p = load_params()
     report = build_report(
-        params=p, stats=read_json(paths.DATA_STATS), base_metrics=read_json(paths.BASELINE_METRICS),
-        tuned_metrics=read_json(paths.FINETUNED_METRICS), comparison=read_json(paths.COMPARISON),
+        params=p, stats=read_json(paths.DATA_STATS), base_metrics=read_metrics(paths.BASELINE_METRICS),
+        tuned_metrics=read_metrics(paths.FINETUNED_METRICS), comparison=read_metrics(paths.COMPARISON),
         train_metrics=read_json(paths.TRAIN_METRICS), records=read_jsonl(paths.EVAL_SET),
         base_rows=read_jsonl(paths.BASELINE_PREDICTIONS), tuned_rows=read_jsonl(paths.FINETUNED_PREDICTIONS),
         lock_hashes=lock_hashes(), reward_model_metrics=read_json(paths.REWARD_MODEL_METRICS),

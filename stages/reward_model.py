@@ -11,7 +11,7 @@ from mcgrpo.params import load_params
 from mcgrpo.plots import plot_calibration, write_csv
 from mcgrpo.prompts import render_prompt, stop_token_ids
 from mcgrpo.reward_model import fit_reward_model, save
-from mcgrpo.rewards import score_completion
+from mcgrpo.rewards import judge
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
                        stop_ids=stop_token_ids(tokenizer, rp.variant))
     rows = [{"id": r["id"], "context": r["context"], "question": r["question"], "options": r["options"],
              "answer": r["answer"], "completion": out["text"],
-             **score_completion(out["text"], r["answer"], len(r["options"]), rp.variant)}
+             **judge(out["text"], r["answer"], len(r["options"]), rp.variant)}
             for r, out in zip(repeated, outputs)]
     artifact, metrics, bins = fit_reward_model(rows, rp)
     write_jsonl(paths.REWARD_DATA, rows)

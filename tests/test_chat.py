@@ -11,6 +11,7 @@ import pytest
 
 from mcgrpo.chat import check_length, parse_options, split_reasoning, verdict
 from mcgrpo.errors import UserError
+from mcgrpo.params import TrainParams
 
 CHROMIUM = "/usr/bin/chromium"
 # As root, with no network: no sandbox, no GPU, and none of Chromium's background calls home.
@@ -36,9 +37,11 @@ def test_options_and_length_checks():
 def test_verdict_scores_with_the_training_reward():
     options = ["Oslo", "Rome", "Lima", "Cairo"]
     reply = "<reasoning>It says Lima.</reasoning><answer>C</answer>"
-    assert verdict(reply, options, "", "cot") == "C) Lima"
-    assert verdict(reply, options, "C", "cot") == "C) Lima | correct (gold C), reward 1.20"
-    assert verdict("no idea", options, "A", "cot") == "no answer found | wrong (gold A), reward 0.00"
+    weights = TrainParams().rule_reward_weights
+    assert verdict(reply, options, "", "cot", weights) == "C) Lima"
+    assert verdict(reply, options, "C", "cot", weights) == "C) Lima | correct (gold C), reward 1.20"
+    assert verdict("no idea", options, "A", "cot", weights) == "no answer found | wrong (gold A), reward 0.00"
+    assert verdict(reply, options, "C", "cot", {"correct": 1.0, "format": 1.0}).endswith("reward 2.00")
 
 
 def free_port() -> int:

@@ -94,7 +94,7 @@ def test_the_eval_helper_gives_the_same_answers_with_either_engine(model_and_tok
     model, tok = model_and_tokenizer
     prompts = [render_prompt(tok, r, "cot") for r in records]
     hf = generate(model, tok, prompts, batch_size=4, max_new_tokens=12, engine="hf")
-    static = generate(model, tok, prompts, batch_size=4, max_new_tokens=12, engine="static")
+    static = generate(model, tok, prompts, batch_size=4, max_new_tokens=12, engine="fast")
     assert hf == static
 
 
@@ -115,7 +115,7 @@ def test_one_generator_serves_every_prompt_variant(model_and_tokenizer, records,
 
     monkeypatch.setattr(fast_generation.StaticGenerator, "__init__", counting_init)
     settings = dict(mode="generate", variants=["direct", "cot"], batch_size=4, max_new_tokens=8)
-    static = answer_eval_set(model, tok, records, EvalParams(engine="static", **settings), "base")
+    static = answer_eval_set(model, tok, records, EvalParams(engine="fast", **settings), "base")
     hf = answer_eval_set(model, tok, records, EvalParams(engine="hf", **settings), "base")
     assert len(built) == 1
     assert [r["completion"] for r in static] == [r["completion"] for r in hf]
@@ -211,6 +211,6 @@ def test_prompts_are_tokenized_once_and_left_padded(model_and_tokenizer, records
     assert encoded[0] == tok(texts[0], add_special_tokens=False)["input_ids"] and encode_prompts(tok, encoded) == encoded
     calls = []
     monkeypatch.setattr(type(tok), "__call__", lambda self, *a, **k: calls.append(a) or pytest.fail("re-tokenized"))
-    from_ids = generate(model, tok, encoded, batch_size=4, max_new_tokens=6, engine="static")
+    from_ids = generate(model, tok, encoded, batch_size=4, max_new_tokens=6, engine="fast")
     monkeypatch.undo()
-    assert from_ids == generate(model, tok, texts, batch_size=4, max_new_tokens=6, engine="static") and not calls
+    assert from_ids == generate(model, tok, texts, batch_size=4, max_new_tokens=6, engine="fast") and not calls

@@ -57,7 +57,7 @@ def test_eval_helper_static_engine_matches_hf_on_cuda(tiny_model_dir, records):
     model, tok, _ = load_model(ModelParams(name=str(tiny_model_dir), backend="transformers", dtype="float32"))
     prompts = [render_prompt(tok, r, "cot") for r in records]
     hf = generate(model, tok, prompts, batch_size=4, max_new_tokens=16, engine="hf")
-    assert generate(model, tok, prompts, batch_size=4, max_new_tokens=16, engine="static") == hf  # compiled path
+    assert generate(model, tok, prompts, batch_size=4, max_new_tokens=16, engine="fast") == hf  # compiled path
 
 
 def test_fast_rollouts_compile_once_across_grpo_steps(tiny_model_dir, tmp_path):

@@ -1,6 +1,18 @@
+import json
+
 import pytest
 
-from mcgrpo.metrics import bootstrap_ci, compare, format_comparison, format_metrics, mcnemar_exact, summarize
+from mcgrpo.metrics import (
+    HEADLINE_KEYS,
+    bootstrap_ci,
+    compare,
+    format_comparison,
+    format_metrics,
+    mcnemar_exact,
+    read_metrics,
+    summarize,
+    write_metrics,
+)
 
 
 def row(i, variant, correct, pred="A", fmt=True, n=10, answer="A", source="s1", kind="wh"):
@@ -68,3 +80,20 @@ def test_loglik_accuracy_norm_key():
     rows = [dict(row(0, "loglik", True), correct_norm=False), dict(row(1, "loglik", True), correct_norm=True)]
     m = summarize(rows)["loglik"]
     assert m["accuracy"] == 1.0 and m["accuracy_norm"] == 0.5
+
+
+def test_metrics_files_keep_headlines_and_breakdowns_join_back(tmp_path):
+    base = [row(i, "cot", i % 2 == 0, source=f"s{i % 3}") for i in range(6)]
+    tuned = [row(i, "cot", True) for i in range(6)]
+    loglik = [{**row(i, "loglik", True, n=0), "correct_norm": False} for i in range(6)]
+    summary, comparison = summarize(base + loglik), compare(base, tuned)
+    write_metrics(tmp_path / "baseline.json", summary)
+    write_metrics(tmp_path / "comparison.json", comparison)
+    headline = json.loads((tmp_path / "baseline.json").read_text())
+    assert tuple(headline["cot"]) == HEADLINE_KEYS  # what `dvc metrics show` lists: no breakdowns, no counts
+    assert set(headline["loglik"]) == {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm", "letter_bias"}
+    assert set(json.loads((tmp_path / "comparison.json").read_text())["cot"]) == \
+        {"accuracy_delta", "accuracy_delta_ci_low", "accuracy_delta_ci_high", "p_value", "format_rate_delta"}
+    rest = json.loads((tmp_path / "breakdowns" / "baseline.json").read_text())
+    assert "by_source" in rest["cot"] and "n" in rest["cot"] and "accuracy" not in rest["cot"]
+    assert read_metrics(tmp_path / "baseline.json") == summary and read_metrics(tmp_path / "comparison.json") == comparison

@@ -146,10 +146,10 @@ def test_warm_start_teaches_the_answer_format(tmp_path, records):
 
     params = ModelParams(name=str(build_tiny_model(tmp_path / "warm", warm_start_steps=120)), backend="transformers")
     model, tok, _ = load_model(params)
-    from mcgrpo.rewards import score_completion
+    from mcgrpo.rewards import judge
 
     outs = generate(model, tok, [render_prompt(tok, r, "cot") for r in records], max_new_tokens=24)
-    assert sum(score_completion(o["text"], r["answer"])["format_ok"] for o, r in zip(outs, records)) >= 5
+    assert sum(judge(o["text"], r["answer"])["format_ok"] for o, r in zip(outs, records)) >= 5
 
 
 def test_tiny_model_command(tmp_path):

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from mcgrpo.demo import run, setup_demo
+from mcgrpo.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_dataset_evaluation.ipynb", "02_fine_tuning_grpo.ipynb", "03_comparison_evaluation.ipynb"]
@@ -57,7 +58,7 @@ def test_the_three_notebooks_give_the_pipelines_numbers(tmp_path):
     first = execute(NOTEBOOKS[0], project, N_EVAL=12)
     assert first["stats_n"] == 12
     run(["dvc", "repro", "baseline"], project)
-    pipeline = json.loads((project / "metrics/baseline.json").read_text())
+    pipeline = read_metrics(project / "metrics/baseline.json")
     assert set(first["metrics"]) == set(pipeline) == {"loglik", "direct", "cot", "completion_direct", "completion_cot"}
     for variant, m in pipeline.items():
         for key in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "format_rate", "answered_rate", "n"):
@@ -73,7 +74,7 @@ def test_the_three_notebooks_give_the_pipelines_numbers(tmp_path):
 
     third = execute(NOTEBOOKS[2], project)
     run(["dvc", "repro", "evaluate"], project)
-    pipeline = json.loads((project / "metrics/comparison.json").read_text())
+    pipeline = read_metrics(project / "metrics/comparison.json")
     assert set(third["comparison"]) == set(pipeline)
     for variant, c in pipeline.items():
         for key in ("base_accuracy", "finetuned_accuracy", "fixed", "broken", "p_value"):

@@ -67,9 +67,9 @@ def test_rollout_engine_resolution(capsys):
     from mcgrpo.training import rollout_engine
 
     assert rollout_engine(TrainParams(), "transformers") == "fast"
-    assert rollout_engine(TrainParams(), "unsloth") == "generate"  # Unsloth patches generation its own way
-    assert rollout_engine(TrainParams(top_p=0.9), "transformers") == "generate"  # fast has no top-p
-    assert rollout_engine(TrainParams(rollout_engine="static"), "transformers") == "static"
+    assert rollout_engine(TrainParams(), "unsloth") == "hf"  # Unsloth patches generation its own way
+    assert rollout_engine(TrainParams(top_p=0.9), "transformers") == "hf"  # fast has no top-p
+    assert rollout_engine(TrainParams(rollout_engine="hf_static"), "transformers") == "hf_static"
     with pytest.raises(UserError, match="rollout_engine=fast needs the transformers backend"):
         rollout_engine(TrainParams(rollout_engine="fast"), "unsloth")
     with pytest.raises(UserError, match="train.top_p to 1.0"):
@@ -77,3 +77,13 @@ def test_rollout_engine_resolution(capsys):
     # vLLM is not installed here: asking for it falls back, and says so
     assert rollout_engine(TrainParams(use_vllm=True), "transformers") == "fast"
     assert "vllm is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("section, key, old, new", [("eval", "engine", "static", "fast"),
+                                                    ("train", "rollout_engine", "generate", "hf"),
+                                                    ("train", "rollout_engine", "static", "hf_static"),
+                                                    ("train", "rollout_engine", "continuous", "hf_continuous")])
+def test_renamed_engines_are_refused_with_the_new_name(section, key, old, new):
+    with pytest.raises(UserError, match=f"{section}.{key}: .*'{old}' was renamed \\(did you mean '{new}'\\?\\)"):
+        parse_params({section: {key: old}})
+    assert getattr(getattr(parse_params({section: {key: new}}), section), key) == new

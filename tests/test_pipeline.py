@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from mcgrpo.demo import run, setup_demo
+from mcgrpo.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -72,7 +73,7 @@ def test_outputs(repo):
                  "plots/reward_calibration.csv", "plots/reward_calibration.png", "models/publish/README.md",
                  "models/publish/adapter_model.safetensors"]:
         assert (repo / path).exists(), path
-    base, tuned = (json.loads((repo / f"metrics/{m}.json").read_text()) for m in ("baseline", "finetuned"))
+    base, tuned = (read_metrics(repo / f"metrics/{m}.json") for m in ("baseline", "finetuned"))
     assert set(base) == set(tuned) == {"direct", "cot", "loglik"}
     assert base["cot"].keys() == tuned["cot"].keys() and base["cot"]["n"] == 24
     stats = json.loads((repo / "data/prepared/stats.json").read_text())
@@ -84,7 +85,7 @@ def test_outputs(repo):
     for heading in ["## Dataset", "## Prompts", "## Reward", "## Training configuration", "## Results",
                     "### Learned reward model", "## Insights", "## Examples", "## Limitations"]:
         assert heading in report
-    comparison = json.loads((repo / "metrics/comparison.json").read_text())
+    comparison = read_metrics(repo / "metrics/comparison.json")
     assert f"| loglik | {comparison['loglik']['base_accuracy']} |" in report  # numbers come from the metrics
     # metrics files are git-tracked (cache: false); the big outputs are DVC-cached
     ignored = (repo / "data/predictions/.gitignore").read_text()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mcgrpo.demo import TINY_MODEL, setup_demo
+from mcgrpo.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     # The chosen dev experiment's adapter is the one evaluated on test: no second training run.
     assert "Stage 'train' didn't change" in test_log and "Running stage 'train'" not in test_log
     assert "Running stage 'evaluate'" in test_log
-    comparison = json.loads((repo / "metrics/comparison.json").read_text())
+    comparison = read_metrics(repo / "metrics/comparison.json")
     assert "completion_direct" in comparison and comparison["completion_direct"]["n_paired"] == 8
     stats = json.loads((repo / "data/prepared/stats.json").read_text())
     assert stats["eval"]["n"] == 8 and stats["train"]["n"] == 8

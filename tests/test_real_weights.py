@@ -96,13 +96,13 @@ def test_greedy_continuation_knows_facts(real_model):
 def test_completion_prompt_is_answered_with_a_letter(real_model):
     from mcgrpo.generation import generate
     from mcgrpo.prompts import render_prompt, stop_token_ids
-    from mcgrpo.rewards import score_completion
+    from mcgrpo.rewards import judge
 
     model, tok = real_model
     prompt = render_prompt(tok, RACE_LIKE, "completion_direct")
     out = generate(model, tok, [prompt], max_new_tokens=8, stop_ids=stop_token_ids(tok, "completion_direct"),
                    engine="hf")[0]
-    score = score_completion(out["text"], RACE_LIKE["answer"], 4, "completion_direct")
+    score = judge(out["text"], RACE_LIKE["answer"], 4, "completion_direct")
     assert score["pred"] is not None and score["pred"] in "ABCD", out  # answered with a letter, cut at its line
     assert out["finished"] and "\n" not in out["text"]
 

@@ -1,5 +1,6 @@
 import random
 
+import numpy as np
 import pytest
 
 from mcgrpo.data.synthetic import make_synthetic_mc
@@ -33,6 +34,22 @@ def test_calibration_bins_and_error():
     assert ece == pytest.approx(0.05)
     _, ece = calibration([0, 1, 0, 1], [0.9, 0.9, 0.9, 0.9])
     assert ece == pytest.approx(0.4)
+
+
+def test_calibration_counts_match_sklearns_bins_even_on_edges():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(0)
+    y_prob = np.concatenate([rng.random(300), [0.0, 0.1, 0.5, 0.7, 1.0]])  # exact bin edges included
+    y_true = (rng.random(len(y_prob)) < y_prob).astype(int)
+    bins, _ = calibration(y_true, y_prob, n_bins=10)
+    observed, predicted = calibration_curve(y_true, y_prob, n_bins=10)
+    assert [b["observed"] for b in bins] == [round(float(o), 4) for o in observed]
+    assert [b["predicted"] for b in bins] == [round(float(p), 4) for p in predicted]
+    assert sum(b["count"] for b in bins) == len(y_prob)
+    for b in bins:  # each count's rows have the bin's mean prediction
+        members = [p for p in y_prob if min(int(np.searchsorted(np.linspace(0, 1, 11)[1:-1], p)), 9) == b["bin"]]
+        assert len(members) == b["count"] and round(float(np.mean(members)), 4) == b["predicted"]
 
 
 def labelled_rows(n_questions=40, seed=0, right_share=0.5):

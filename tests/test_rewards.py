@@ -3,13 +3,16 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
+from mcgrpo.params import TrainParams
 from mcgrpo.rewards import (
     REWARDS,
     correctness_reward,
     extract_answer,
     follows_format,
     format_reward,
+    judge,
     mc_reward,
     reasoning_text,
     score_completion,
@@ -93,15 +96,23 @@ def test_mc_reward_weights_and_trl_signature():
     completions = ["<reasoning>r</reasoning><answer>B</answer>", "Answer: B", "Answer: A"]
     # TRL passes prompts, completion_ids and dataset columns as keywords: all must be accepted
     rewards = mc_reward(completions, answer=["B"] * 3, n_options=[4] * 3, prompts=["p"] * 3, completion_ids=None,
-                        trainer_state=None)
+                        trainer_state=None, weights=TrainParams().rule_reward_weights)
     assert rewards == [pytest.approx(1.2), 1.0, 0.0]
     assert mc_reward(completions, ["B"] * 3, weights={"correct": 0.0, "format": 1.0}) == [1.0, 0.0, 0.0]
+    with pytest.raises(TypeError):  # no hidden default weights: every caller says which
+        mc_reward(completions, ["B"] * 3)
     assert set(REWARDS) >= {"correct", "format"}
 
 
 def test_score_completion_and_reasoning():
-    s = score_completion("<reasoning>because x</reasoning><answer>A</answer>", "A")
-    assert s == {"pred": "A", "correct": True, "format_ok": True, "reward": pytest.approx(1.2)}
+    s = score_completion("<reasoning>because x</reasoning><answer>A</answer>", "A", 4, "cot", {"correct": 1, "format": 0.5})
+    assert s == {"pred": "A", "correct": True, "format_ok": True, "reward": pytest.approx(1.5)}
+    assert judge("Answer: B", "A", 4, "cot") == {"pred": "B", "correct": False, "format_ok": False}
+
+
+def test_rule_reward_weights_come_from_params_without_the_learned_one():
+    tp = TrainParams(reward_weights={"correct": 1.0, "format": 0.3, "learned": 0.5})
+    assert tp.rule_reward_weights == {"correct": 1.0, "format": 0.3}
     assert reasoning_text("<reasoning>because x</reasoning><answer>A</answer>") == "because x"
 
 
@@ -120,6 +131,16 @@ def test_score_cli_reads_stdin_and_keeps_order(tmp_path):
     f.write_text(src)
     assert subprocess.run([sys.executable, "-m", "mcgrpo.cli", "score", str(f)], text=True, capture_output=True,
                           check=True).stdout.splitlines() == out
+
+
+def test_score_cli_weighs_with_the_projects_reward_weights(tmp_path):
+    params = yaml.safe_load(open("params.yaml"))
+    params["train"]["reward_weights"] = {"correct": 2.0, "format": 0.5, "learned": 0.3}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    line = json.dumps({"completion": "<reasoning>r</reasoning><answer>B</answer>", "answer": "B"}) + "\n"
+    out = subprocess.run([sys.executable, "-m", "mcgrpo.cli", "score", "--params", str(tmp_path / "params.yaml")],
+                         input=line, text=True, capture_output=True, check=True).stdout
+    assert json.loads(out)["reward"] == pytest.approx(2.5)  # the learned weight is not a rule: left out
 
 
 def test_score_cli_bad_line_names_line(tmp_path):

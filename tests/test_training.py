@@ -29,7 +29,7 @@ def tiny_train_params(**kw):
                           "lora": {"r": 4, "alpha": 8}, **kw})
 
 
-def run(tiny_model_params, tmp_path, tp, records, reward_model_file=None, engine="generate"):
+def run(tiny_model_params, tmp_path, tp, records, reward_model_file=None, engine="hf"):
     model, tok, peft_config = load_model(tiny_model_params, lora=tp.lora, seed=tp.seed)
     write_jsonl(tmp_path / "train.jsonl", records)
     return train_grpo(model, tok, peft_config, records, tp, checkpoints=tmp_path / "ckpt",
@@ -179,7 +179,7 @@ def test_grpo_with_fast_rollouts_trains_and_resumes(tiny_model_params, tmp_path)
 
 
 def test_input_grad_hooks_removed_for_rollouts_and_one_put_back(tiny_model_params):
-    from mcgrpo.training import input_grad_hooks_removed
+    from mcgrpo.patches import input_grad_hooks_removed
 
     model, _, _ = load_model(tiny_model_params)
     model.requires_grad_(False)  # as under LoRA: only the hook makes the embeddings' output require grad
@@ -193,3 +193,23 @@ def test_input_grad_hooks_removed_for_rollouts_and_one_put_back(tiny_model_param
         assert not embeddings(torch.tensor([[1, 2]])).requires_grad
     assert len(embeddings._forward_hooks) == 1
     assert embeddings(torch.tensor([[1, 2]])).requires_grad  # the hook put back still does its job
+
+
+def test_grpo_config_takes_every_shared_train_param_by_name(tmp_path):
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from mcgrpo.training import NOT_GRPO_FIELDS
+
+    tp = TrainParams(learning_rate=3e-5, beta=0.1, epsilon=0.3, num_iterations=2, scale_rewards="batch", top_p=1.0,
+                     max_grad_norm=0.5, save_total_limit=3, seed=7, reward_weights={"correct": 1.0, "format": 0.0,
+                                                                                    "tags": 0.5})
+    config = grpo_config(tp, tmp_path, False, "hf_static")
+    trl_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    shared = [name for name in TrainParams.model_fields if name in trl_fields - NOT_GRPO_FIELDS]
+    assert len(shared) >= 20 and all(getattr(config, name) == getattr(tp, name) for name in shared)
+    assert config.reward_weights == [1.0, 0.5]  # TRL pairs them by position with the non-zero rewards
+    assert config.cache_implementation == "static" and not config.use_vllm
+    # every other TrainParams field is the project's own, not a GRPOConfig setting left behind by accident
+    assert set(TrainParams.model_fields) - set(shared) == NOT_GRPO_FIELDS

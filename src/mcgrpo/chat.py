@@ -88,8 +88,8 @@ def load_models(model_params, adapter_dir, which: str) -> dict:
     return models
 
 
-def build_app(models: dict, *, max_input_chars: int = DEFAULT_MAX_INPUT_CHARS, max_new_tokens: int = 512,
-              title: str = "mcgrpo chat"):
+def build_app(models: dict, reward_weights: dict, *, max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
+              max_new_tokens: int = 512, title: str = "mcgrpo chat"):
     """The Gradio Blocks app over already-loaded models."""
     import gradio as gr
 
@@ -133,7 +133,7 @@ def build_app(models: dict, *, max_input_chars: int = DEFAULT_MAX_INPUT_CHARS, m
                 reasoning[i] = split_reasoning(text)[0] or text
                 answers[i] = "…"
                 yield *reasoning, *answers
-            answers[i] = verdict(text, options, gold, variant)
+            answers[i] = verdict(text, options, gold, variant, reward_weights)
             yield *reasoning, *answers
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
@@ -183,21 +183,21 @@ def offline_theme():
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-def verdict(text: str, options: list[str], gold: str, variant: str) -> str:
-    """The answer a reply declares, its option text, and (with a gold letter) whether it is right."""
+def verdict(text: str, options: list[str], gold: str, variant: str, reward_weights: dict) -> str:
+    """The answer a reply declares, its option text, and (with a gold letter) whether it is right and its reward."""
     letter = extract_answer(text, len(options))
     shown = f"{letter}) {options[LETTERS.index(letter)]}" if letter else "no answer found"
     if not gold:
         return shown
-    score = score_completion(text, gold, len(options), variant)
+    score = score_completion(text, gold, len(options), variant, reward_weights)
     return f"{shown} | {'correct' if score['correct'] else 'wrong'} (gold {gold}), reward {score['reward']:.2f}"
 
 
-def serve(model_params, adapter_dir, which: str = "both", host: str = "127.0.0.1", port: int = 7860,
-          max_input_chars: int = DEFAULT_MAX_INPUT_CHARS, max_new_tokens: int = 512) -> None:
+def serve(model_params, adapter_dir, reward_weights: dict, which: str = "both", host: str = "127.0.0.1",
+          port: int = 7860, max_input_chars: int = DEFAULT_MAX_INPUT_CHARS, max_new_tokens: int = 512) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
     models = load_models(model_params, adapter_dir, which)
-    app = build_app(models, max_input_chars=max_input_chars, max_new_tokens=max_new_tokens,
+    app = build_app(models, reward_weights, max_input_chars=max_input_chars, max_new_tokens=max_new_tokens,
                     title=f"mcgrpo chat: {model_params.name}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}: anyone who can reach this machine's port {port} can use the models")

@@ -10,9 +10,12 @@ from mcgrpo.errors import UserError
 
 
 def cmd_score(args) -> None:
-    """JSONL in (completion, answer, optional n_options/variant), JSONL out (pred, correct, format_ok, reward)."""
+    """JSONL in (completion, answer, optional n_options/variant), JSONL out (pred, correct, format_ok, reward).
+    The reward weighs the rules with train.reward_weights from --params (the defaults outside a project)."""
     from mcgrpo.fileio import iter_jsonl
     from mcgrpo.rewards import LETTERS, score_completion
+
+    weights = train_params(args.params).rule_reward_weights
 
     name = args.file or "<stdin>"
     for number, row in iter_jsonl(args.file or sys.stdin.buffer, name):  # a path is checked and closed there
@@ -31,7 +34,7 @@ def cmd_score(args) -> None:
         answer = str(row["answer"]).strip().upper()
         if answer not in LETTERS[:n_options]:
             raise UserError(f"{where}: answer {row['answer']!r} is not one of {LETTERS[:n_options]}")
-        score = score_completion(row["completion"], answer, n_options, row.get("variant", "cot"))
+        score = score_completion(row["completion"], answer, n_options, row.get("variant", "cot"), weights)
         print(json.dumps(score), flush=True)
 
 
@@ -69,6 +72,13 @@ def cmd_demo(args) -> None:
     run_demo(Path(args.project), Path(args.dir))
 
 
+def train_params(params_file):
+    """The train section of params_file; its defaults when there is no such file (outside a project)."""
+    from mcgrpo.params import TrainParams, load_params
+
+    return load_params(params_file).train if Path(params_file).exists() else TrainParams()
+
+
 def cmd_chat(args) -> None:
     from mcgrpo.chat import serve
     from mcgrpo.params import ModelParams, load_params
@@ -77,7 +87,7 @@ def cmd_chat(args) -> None:
     model_params = ModelParams() if args.base and not Path(args.params).exists() else load_params(args.params).model
     if args.base:
         model_params = model_params.model_copy(update={"name": args.base, "revision": None})
-    serve(model_params, args.adapter, which=args.model, host=args.host, port=args.port,
+    serve(model_params, args.adapter, train_params(args.params).rule_reward_weights, which=args.model, host=args.host, port=args.port,
           max_input_chars=args.max_input_chars, max_new_tokens=args.max_new_tokens)
 
 
@@ -86,6 +96,8 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("score", help="score model completions from JSONL (file or stdin)")
     p.add_argument("file", nargs="?", help="JSONL file; stdin when omitted")
+    p.add_argument("--params", default="params.yaml", help="reward weights from its train.reward_weights "
+                   "(default: params.yaml; the built-in defaults when it does not exist)")
     p.set_defaults(func=cmd_score)
     p = sub.add_parser("tiny-model", help="build a random-init Gemma 3 and a local tokenizer for offline runs")
     p.add_argument("dir")

@@ -8,7 +8,7 @@ from mcgrpo.data.stats import question_kind
 from mcgrpo.generation import encode_prompts, generate, static_generator_for
 from mcgrpo.loglik import loglik_rows
 from mcgrpo.prompts import render_prompt, stop_token_ids
-from mcgrpo.rewards import reasoning_text, score_completion
+from mcgrpo.rewards import judge, reasoning_text
 
 
 def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str, shots: list[dict] = ()) -> list[dict]:
@@ -44,7 +44,7 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str,
         print(f"{model_label} / {variant}: {len(prompts)} prompts, {new_tokens} new tokens in {seconds:.1f} s "
               f"({new_tokens / seconds:.0f} tok/s){memory}{split}")
         for record, out in zip(records, outputs):
-            score = score_completion(out["text"], record["answer"], len(record["options"]), variant)
+            score = judge(out["text"], record["answer"], len(record["options"]), variant)
             rows.append({"id": record["id"], "variant": variant, "model": model_label, "source": record["source"],
                          "kind": question_kind(record["question"]), "answer": record["answer"],
                          "n_options": len(record["options"]), **score,

@@ -15,6 +15,8 @@ import functools
 
 import torch
 
+from mcgrpo.patches import layer_forwards, raise_recompile_limit
+
 GQA_ATTENTION = "mcgrpo_grouped_attention"
 
 
@@ -219,7 +221,7 @@ class StaticGenerator:
         # "max-autotune-no-cudagraphs") tunes the kernels.
         self._decode_layer = self._prefill_layer = None
         if compile:
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            raise_recompile_limit(64)
             self._decoder_layers = list(model.get_decoder().layers)
             self._decode_layer = torch.compile(_decode_layer, mode=compile_mode, fullgraph=True)
             # compile_prefill: the prefill through compiled layers too, for any prompt length (dynamic shapes).
@@ -261,18 +263,10 @@ class StaticGenerator:
         if compiled_layer is None:
             return self.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
                               past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        # an instance attribute shadows the class's forward for this call only; one set before (a hook's) is put back
-        before = [vars(layer).get("forward") for layer in self._decoder_layers]
-        for layer, cache in zip(self._decoder_layers, self.cache.layers):
-            layer.forward = functools.partial(_routed_forward, compiled_layer, layer, cache)
-        try:
+        routed = [functools.partial(_routed_forward, compiled_layer, layer, cache)
+                  for layer, cache in zip(self._decoder_layers, self.cache.layers)]
+        with layer_forwards(self._decoder_layers, routed):  # for this call only
             return self._forward(input_ids, masks, position_ids)
-        finally:
-            for layer, forward in zip(self._decoder_layers, before):
-                if forward is None:
-                    del layer.forward
-                else:
-                    layer.forward = forward
 
     @staticmethod
     def _pick(logits, temperature, uniform):

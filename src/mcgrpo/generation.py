@@ -3,11 +3,11 @@
 Prompts are sorted by length so each batch carries little padding, generated with left padding,
 and returned in the caller's order. Greedy unless a temperature > 0 is given.
 
-Two engines: "hf" is `model.generate`; "static" is the project's StaticGenerator (a static KV cache,
+Two engines: "hf" is `model.generate`; "fast" is the project's StaticGenerator (a static KV cache,
 a compiled decode step replayed as a CUDA graph per token, the prefill compiled only if asked; no top-p),
 built once and reused for every batch. Callers with several prompt lists (one per prompt variant) build it once with
 `static_generator_for` and pass it to every call, so its compile time is paid once per stage run.
-"auto" picks static on CUDA when top_p is 1.
+"auto" picks fast on CUDA when top_p is 1.
 """
 
 import torch
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 def resolve_engine(engine: str, device: torch.device, top_p: float) -> str:
     if engine == "auto":
-        return "static" if device.type == "cuda" and top_p >= 1.0 else "hf"
+        return "fast" if device.type == "cuda" and top_p >= 1.0 else "hf"
     return engine
 
 
@@ -42,9 +42,9 @@ def left_pad(rows: list[list[int]], pad_token_id: int, device=None) -> tuple[tor
 def static_generator_for(model, tokenizer, prompts, *, batch_size: int, max_new_tokens: int, engine="auto",
                          top_p=1.0, compile_prefill=False):
     """One StaticGenerator that fits every prompt given (texts or token ids, e.g. all variants'), or None where
-    engine isn't static."""
+    engine isn't fast."""
     device = next(model.parameters()).device
-    if not prompts or resolve_engine(engine, device, top_p) != "static":
+    if not prompts or resolve_engine(engine, device, top_p) != "fast":
         return None
     from mcgrpo.fast_generation import StaticGenerator
 
@@ -58,7 +58,7 @@ def generate(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, te
     """[{"text", "n_tokens", "finished"}] per prompt (texts, or their token ids from encode_prompts); text has
     special tokens removed.
 
-    static: a StaticGenerator from static_generator_for to reuse (engine static); else one is built here.
+    static: a StaticGenerator from static_generator_for to reuse (engine fast); else one is built here.
     stop_ids: tokens that end a completion besides the model's end-of-sequence ones (prompts.stop_token_ids);
     the text keeps a stop token of these, since it can hold more than a newline.
     """
@@ -73,7 +73,7 @@ def generate(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, te
     results = [None] * len(prompts)
     device = next(model.parameters()).device
     engine = resolve_engine(engine, device, top_p)
-    if engine != "static":
+    if engine != "fast":
         static = None
     elif static is None and prompts:
         static = static_generator_for(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,

@@ -83,6 +83,6 @@ def loglik_rows(model, tokenizer, records: list[dict], batch_size: int, model_la
                      "kind": kind_of(record["question"]), "answer": record["answer"],
                      "n_options": len(record["options"]), "pred": pred,
                      "correct": pred == record["answer"], "correct_norm": pred_norm == record["answer"],
-                     "format_ok": True, "reward": None, "n_tokens": 0, "reasoning_words": 0, "finished": True,
+                     "format_ok": True, "n_tokens": 0, "reasoning_words": 0, "finished": True,
                      "completion": "", "option_logprobs": [round(x, 4) for x in logps]})
     return rows

@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 import numpy as np
 from scipy.stats import binomtest
 
+from mcgrpo import paths
+from mcgrpo.fileio import read_json, write_json
 from mcgrpo.rewards import LETTERS
 
 METRIC_KEYS = ("accuracy", "format_rate", "answered_rate", "mean_completion_tokens", "n")
@@ -76,6 +78,34 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+# What metrics/*.json keep per variant, so `dvc metrics show --md` and a PR's `dvc metrics diff` fit a screen;
+# the rest (counts, breakdowns by source, kind and letter) goes to metrics/breakdowns/, which the report and plots
+# read too. Log-likelihood scoring always answers in format with no tokens, so those rates are left out for it.
+HEADLINE_KEYS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "format_rate", "answered_rate",
+                 "mean_completion_tokens", "letter_bias")
+LOGLIK_HEADLINE_KEYS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm", "letter_bias")
+COMPARISON_HEADLINE_KEYS = ("accuracy_delta", "accuracy_delta_ci_low", "accuracy_delta_ci_high", "p_value",
+                            "format_rate_delta")
+
+
+def write_metrics(path, per_variant: dict) -> None:
+    """Headline numbers per variant to `path`, everything else to its breakdown file; read_metrics joins them."""
+    headline, rest = {}, {}
+    for variant, m in per_variant.items():
+        keys = (COMPARISON_HEADLINE_KEYS if "accuracy_delta" in m else
+                LOGLIK_HEADLINE_KEYS if "accuracy_norm" in m else HEADLINE_KEYS)
+        headline[variant] = {k: m[k] for k in keys if k in m}
+        rest[variant] = {k: v for k, v in m.items() if k not in keys}
+    write_json(paths.breakdown_of(path), rest)  # first: a headline file never points at a missing breakdown
+    write_json(path, headline)
+
+
+def read_metrics(path) -> dict:
+    """A metrics file joined with its breakdown (what summarize or compare returned)."""
+    headline, rest = read_json(path), read_json(paths.breakdown_of(path))
+    return {variant: {**m, **rest.get(variant, {})} for variant, m in headline.items()}
+
+
 def mcnemar_exact(base_correct: list[bool], tuned_correct: list[bool]) -> dict:
     """Exact (binomial) McNemar test on paired outcomes: only the discordant pairs carry evidence."""
     fixed = sum(1 for b, t in zip(base_correct, tuned_correct) if t and not b)
@@ -126,3 +156,23 @@ def format_comparison(comparison: dict) -> str:
              f"{c['accuracy_delta']:+.4f} [{c['accuracy_delta_ci_low']:+.3f}, {c['accuracy_delta_ci_high']:+.3f}]",
              c["fixed"], c["broken"], c["p_value"], f"{c['format_rate_delta']:+.4f}"] for v, c in comparison.items()]
     return markdown_table(header, rows)
+
+
+def training_rows(tp, train_metrics: dict) -> list[list]:
+    """The training settings and outcome as [param, value] rows: the report's table and the model card's."""
+    return [
+        ["backend", train_metrics.get("backend", "?")],
+        ["LoRA", f"r={tp.lora.r}, alpha={tp.lora.alpha}, dropout={tp.lora.dropout}, "
+                 f"targets={','.join(tp.lora.target_modules)}"],
+        ["steps", f"{train_metrics.get('steps')} (max_steps {tp.max_steps})"],
+        ["batch", f"{tp.per_device_train_batch_size} completions x {tp.gradient_accumulation_steps} accumulation, "
+                  f"{tp.num_generations} generations per prompt"],
+        ["optimiser", f"{tp.optim}, lr {tp.learning_rate}, {tp.lr_scheduler_type}, warmup {tp.warmup_steps}"],
+        ["GRPO", f"loss {tp.loss_type}, beta {tp.beta}, epsilon {tp.epsilon}, scale_rewards {tp.scale_rewards}, "
+                 f"temperature {tp.temperature}, max completion {tp.max_completion_length} tokens"],
+        ["prompt variant", tp.variant],
+        ["reward weights", ", ".join(f"{k} {v}" for k, v in tp.reward_weights.items())],
+        ["reward (first step → mean of last 10)", f"{train_metrics.get('reward_first')} → "
+                                                  f"{train_metrics.get('reward_last10')}"],
+        ["runtime", f"{train_metrics.get('train_runtime_s')} s"],
+    ]

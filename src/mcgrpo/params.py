@@ -33,6 +33,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+# One name per generator in eval.engine and train.rollout_engine: "fast" is the project's StaticGenerator (static
+# KV cache, compiled decode step, CUDA graphs), "hf" is `model.generate`, "hf_static" / "hf_continuous" are
+# transformers' static cache and continuous batching under TRL. Earlier names are refused with the new one.
+RENAMED_ENGINES = {"eval.engine": {"static": "fast"},
+                   "train.rollout_engine": {"generate": "hf", "static": "hf_static", "continuous": "hf_continuous"}}
+
+
+def refuse_renamed_engine(key: str, value):
+    """A validator's helper: an engine name RENAMED_ENGINES[key] knows from before is an error naming the new one."""
+    new = RENAMED_ENGINES[key].get(value)
+    if new:
+        raise ValueError(f"{value!r} was renamed (did you mean {new!r}?)")
+    return value
+
+
 class ModelParams(Section):
     name: str = "unsloth/gemma-3-1b-it"  # hub id or local folder
     revision: str | None = None  # hub branch/tag/commit, pinned for reproducibility
@@ -77,8 +92,8 @@ class EvalParams(Section):
     """Shared by baseline and evaluate, so both models answer under identical settings."""
 
     mode: Literal["generate", "loglik", "both"] = "both"  # loglik: option log-likelihood, no generation
-    engine: Literal["auto", "hf", "static"] = "auto"  # static: compiled static-cache decode (CUDA); auto: static on CUDA
-    compile_prefill: bool = False  # static engine: compile the prefill too (0.2–0.4 s less per 128-prompt batch at 1B, ~16 s more warm-up)
+    engine: Literal["auto", "hf", "fast"] = "auto"  # fast: the project's compiled static-cache decode; auto: fast on CUDA
+    compile_prefill: bool = False  # fast engine: compile the prefill too (0.2–0.4 s less per 128-prompt batch at 1B, ~16 s more warm-up)
     variants: list[str] = ["direct", "cot"]
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(512, gt=0)
@@ -86,10 +101,15 @@ class EvalParams(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
 
+    @field_validator("engine", mode="before")
+    @classmethod
+    def engine_renamed(cls, engine):
+        return refuse_renamed_engine("eval.engine", engine)
+
     @model_validator(mode="after")
-    def static_engine_has_no_top_p(self):
-        if self.engine == "static" and self.top_p < 1:
-            raise ValueError("eval.engine=static samples from the full distribution: set eval.top_p to 1.0, "
+    def fast_engine_has_no_top_p(self):
+        if self.engine == "fast" and self.top_p < 1:
+            raise ValueError("eval.engine=fast samples from the full distribution: set eval.top_p to 1.0, "
                              "or eval.engine to hf or auto")
         return self
 
@@ -135,9 +155,9 @@ class TrainParams(Section):
     gradient_checkpointing: bool = True
     use_vllm: bool = False  # TRL's vLLM rollouts if vllm is installed, else rollout_engine (untested here)
     # rollouts: fast (the project's StaticGenerator: eval mode, static KV cache, CUDA-graph decode) |
-    # generate (TRL's default) | static (TRL with a static KV cache) | continuous (transformers' continuous
-    # batching) | auto (fast where it applies: transformers backend and top_p 1; else generate)
-    rollout_engine: Literal["auto", "fast", "generate", "static", "continuous"] = "auto"
+    # hf (TRL's default, model.generate) | hf_static (TRL with transformers' static KV cache) | hf_continuous
+    # (transformers' continuous batching) | auto (fast where it applies: transformers backend and top_p 1; else hf)
+    rollout_engine: Literal["auto", "fast", "hf", "hf_static", "hf_continuous"] = "auto"
     grouped_attention: bool = False  # grouped-query SDPA without per-head K/V copies (transformers backend)
     num_processes: int = Field(1, gt=0)  # > 1: data-parallel GRPO under `accelerate launch`, one process per GPU
     accelerate_config: str = "configs/accelerate/ddp.yaml"  # DDP; configs/accelerate/zero2.yaml: DeepSpeed ZeRO-2
@@ -150,6 +170,17 @@ class TrainParams(Section):
     @classmethod
     def known_variant(cls, variant):
         return check_variant(variant)
+
+    @field_validator("rollout_engine", mode="before")
+    @classmethod
+    def rollout_engine_renamed(cls, engine):
+        return refuse_renamed_engine("train.rollout_engine", engine)
+
+    @property
+    def rule_reward_weights(self) -> dict[str, float]:
+        """reward_weights without the learned reward: the weights of mcgrpo.rewards' rule rewards, used wherever
+        a reward is shown (plots, `mcgrpo score`, the chat page); training adds the learned one on top."""
+        return {name: weight for name, weight in self.reward_weights.items() if name in REWARDS}
 
     @field_validator("reward_weights")
     @classmethod
@@ -165,7 +196,7 @@ class TrainParams(Section):
     def fast_rollouts_have_no_top_p(self):
         if self.rollout_engine == "fast" and self.top_p < 1:
             raise ValueError("train.rollout_engine=fast samples from the full distribution: set train.top_p to 1.0, "
-                             "or use rollout_engine generate")
+                             "or use rollout_engine hf")
         return self
 
     @model_validator(mode="after")

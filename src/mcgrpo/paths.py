@@ -14,6 +14,13 @@ METRICS = Path("metrics")
 BASELINE_METRICS, FINETUNED_METRICS = METRICS / "baseline.json", METRICS / "finetuned.json"
 COMPARISON, TRAIN_METRICS = METRICS / "comparison.json", METRICS / "train.json"
 REWARD_MODEL_METRICS = METRICS / "reward_model.json"
+
+
+def breakdown_of(metrics_file) -> Path:
+    """metrics/baseline.json -> metrics/breakdowns/baseline.json: the rest of a model metrics file (counts,
+    breakdowns by source, kind and letter), git-tracked but not a dvc metric."""
+    metrics_file = Path(metrics_file)
+    return metrics_file.parent / "breakdowns" / metrics_file.name
 PLOTS = Path("plots")
 ACCURACY_TABLE, ACCURACY_PNG, TRAINING_PNG = PLOTS / "accuracy.csv", PLOTS / "accuracy.png", PLOTS / "training.png"
 SOURCE_TABLE, SOURCE_PNG, REWARDS_PNG = PLOTS / "accuracy_by_source.csv", PLOTS / "accuracy_by_source.png", PLOTS / "rewards.png"

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mcgrpo.fileio import atomic_path  # noqa: E402
+from mcgrpo.rewards import mc_reward  # noqa: E402
 
 # dvclive metric files (under <live>/plots/metrics/) worth a panel each, with their titles.
 TRAINING_CURVES = {
@@ -105,11 +106,14 @@ def plot_by_source(path, rows: list[dict]) -> None:
     _save(fig, path)
 
 
-def plot_reward_distribution(path, base_rows: list[dict], tuned_rows: list[dict], variant: str) -> None:
-    """Histogram of mc_reward per completion, base vs fine-tuned, for the trained prompt variant."""
+def plot_reward_distribution(path, base_rows: list[dict], tuned_rows: list[dict], variant: str, weights: dict) -> None:
+    """Histogram of mc_reward (with the training weights) per completion, base vs fine-tuned, trained variant."""
     fig, ax = plt.subplots(figsize=(5, 3))
-    values = [[r["reward"] for r in rows if r["variant"] == variant and r["reward"] is not None]
-              for rows in (base_rows, tuned_rows)]
+    values = []
+    for rows in (base_rows, tuned_rows):
+        rows = [r for r in rows if r["variant"] == variant]
+        values.append(mc_reward([r["completion"] for r in rows], [r["answer"] for r in rows],
+                                [r["n_options"] for r in rows], weights=weights, variant=variant))
     top = max([max(v) for v in values if v] + [1.0])
     ax.hist(values, bins=12, range=(0, top), label=[label for _, label in MODELS])
     ax.set_xlabel(f"reward per completion ({variant} prompt)")

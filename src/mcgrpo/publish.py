@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mcgrpo.errors import UserError
 from mcgrpo.fileio import atomic_path
-from mcgrpo.metrics import format_comparison, markdown_table
+from mcgrpo.metrics import format_comparison, markdown_table, training_rows
 from mcgrpo.prompts import INSTRUCTIONS, format_question
 
 TAGS = ["grpo", "trl", "unsloth", "reasoning", "multiple-choice", "reading-comprehension", "lora", "mcgrpo"]
@@ -68,20 +68,7 @@ def card_text(params, *, comparison: dict, tuned_metrics: dict, train_metrics: d
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
         + ("" if merged else "from peft import PeftModel\n") + load + "\n```",
         "## Training",
-        markdown_table(["param", "value"], [
-            ["backend", train_metrics.get("backend", "?")],
-            ["LoRA", f"r={tp.lora.r}, alpha={tp.lora.alpha}, dropout={tp.lora.dropout}, "
-                     f"targets={','.join(tp.lora.target_modules)}"],
-            ["steps", train_metrics.get("steps")],
-            ["optimiser", f"{tp.optim}, lr {tp.learning_rate}, {tp.lr_scheduler_type}, warmup {tp.warmup_steps}"],
-            ["batch", f"{tp.per_device_train_batch_size} x {tp.gradient_accumulation_steps} completions, "
-                      f"{tp.num_generations} per prompt"],
-            ["GRPO", f"loss {tp.loss_type}, beta {tp.beta}, epsilon {tp.epsilon}, temperature {tp.temperature}, "
-                     f"max completion {tp.max_completion_length} tokens"],
-            ["reward weights", ", ".join(f"{k} {v}" for k, v in tp.reward_weights.items())],
-            ["reward (first step → last 10)", f"{train_metrics.get('reward_first')} → "
-                                              f"{train_metrics.get('reward_last10')}"],
-        ]),
+        markdown_table(["param", "value"], training_rows(tp, train_metrics)),
     ]
     if example:
         body += ["## Example", f"Question `{example['id']}` (gold answer {example['answer']}):",

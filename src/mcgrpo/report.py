@@ -3,10 +3,10 @@
 import datetime
 from pathlib import Path
 
-from mcgrpo.metrics import format_comparison, format_metrics, markdown_table
+from mcgrpo.metrics import format_comparison, format_metrics, markdown_table, training_rows
 from mcgrpo.params import LEARNED_REWARD
 from mcgrpo.prompts import INSTRUCTIONS, completion_text, format_question, is_chat
-from mcgrpo.rewards import DEFAULT_WEIGHTS, REWARDS
+from mcgrpo.rewards import REWARDS
 
 EXAMPLE_KINDS = {
     "improved": ("fixed by fine-tuning (base wrong, fine-tuned right)", lambda b, t: not b and t),
@@ -162,27 +162,14 @@ def build_report(*, params, stats, base_metrics, tuned_metrics, comparison, trai
         "\n".join(f"- `{name}` (weight {weights.get(name, 0)}): {(fn.__doc__ or '').strip().splitlines()[0]}"
                   for name, fn in REWARDS.items()),
         "The answer letter is extracted from the **last** declaration (`<answer>C</answer>`, `Answer: C`, "
-        "`\\boxed{C}`, ...); two letters, or a letter outside the options, count as no answer. "
-        f"(Library default weights: {DEFAULT_WEIGHTS}.)",
+        "`\\boxed{C}`, ...); two letters, or a letter outside the options, count as no answer.",
         *(["### Learned reward model", *reward_model_section(reward_model_metrics, p.reward_model,
                                                               weights.get(LEARNED_REWARD, 0.0))]
           if reward_model_metrics else []),
         "## Training configuration",
         markdown_table(["param", "value"], [
             ["model", f"`{p.model.name}`" + (f" @ {p.model.revision}" if p.model.revision else "")],
-            ["backend", train_metrics.get("backend", "?")],
-            ["LoRA", f"r={tp.lora.r}, alpha={tp.lora.alpha}, dropout={tp.lora.dropout}, "
-                     f"targets={','.join(tp.lora.target_modules)}"],
-            ["steps", f"{train_metrics.get('steps')} (max_steps {tp.max_steps})"],
-            ["batch", f"{tp.per_device_train_batch_size} completions x {tp.gradient_accumulation_steps} accumulation, "
-                      f"{tp.num_generations} generations per prompt"],
-            ["optimiser", f"{tp.optim}, lr {tp.learning_rate}, {tp.lr_scheduler_type}, warmup {tp.warmup_steps}"],
-            ["GRPO", f"loss {tp.loss_type}, beta {tp.beta}, epsilon {tp.epsilon}, scale_rewards {tp.scale_rewards}, "
-                     f"temperature {tp.temperature}, max completion {tp.max_completion_length} tokens"],
-            ["prompt variant", tp.variant],
-            ["reward (first step → mean of last 10)", f"{train_metrics.get('reward_first')} → "
-                                                      f"{train_metrics.get('reward_last10')}"],
-            ["runtime", f"{train_metrics.get('train_runtime_s')} s"],
+            *training_rows(tp, train_metrics),
             *[[f"dvc.lock `{path}`", f"`{md5}`"] for path, md5 in lock_hashes.items()],
         ]),
         "## Results",

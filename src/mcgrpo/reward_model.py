@@ -85,18 +85,22 @@ def build_classifier(rp):
 
 
 def calibration(y_true, y_prob, n_bins: int = 10) -> tuple[list[dict], float]:
-    """Reliability bins (mean predicted, observed rate, count) and the expected calibration error."""
+    """Reliability bins (mean predicted, observed rate, count) and the expected calibration error.
+
+    The bins are scikit-learn's `calibration_curve` (uniform); the counts, which it does not return, come from
+    the same rule it bins with (searchsorted over the inner edges), so each count belongs to its bin.
+    """
+    from sklearn.calibration import calibration_curve
+
     y_true, y_prob = np.asarray(y_true, float), np.asarray(y_prob, float)
-    bins = np.minimum((y_prob * n_bins).astype(int), n_bins - 1)
-    table, ece = [], 0.0
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            predicted, observed = float(y_prob[mask].mean()), float(y_true[mask].mean())
-            table.append({"bin": b, "predicted": round(predicted, 4), "observed": round(observed, 4),
-                          "count": int(mask.sum())})
-            ece += mask.mean() * abs(predicted - observed)
-    return table, float(ece)
+    observed, predicted = calibration_curve(y_true, y_prob, n_bins=n_bins, strategy="uniform")
+    bin_ids = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], y_prob)
+    counts = np.bincount(bin_ids, minlength=n_bins)
+    filled = np.flatnonzero(counts)
+    table = [{"bin": int(b), "predicted": round(float(p), 4), "observed": round(float(o), 4), "count": int(counts[b])}
+             for b, p, o in zip(filled, predicted, observed)]
+    ece = float(sum(counts[b] / len(y_prob) * abs(p - o) for b, p, o in zip(filled, predicted, observed)))
+    return table, ece
 
 
 def degenerate_reason(labels, groups, rp) -> str | None:

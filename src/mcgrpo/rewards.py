@@ -2,8 +2,9 @@
 
 Every reward has TRL's signature, `reward(completions, answer, n_options, **kwargs) -> list[float]`,
 and accepts plain-text completions or conversational ones ([{"role": "assistant", "content": ...}]).
-`mc_reward` is the weighted sum the pipeline trains on; `score_completion` is what `mcgrpo score`
-and the metrics use, so training and evaluation judge a completion the same way.
+`judge` is what the metrics record about a completion, so training and evaluation read an answer the same way;
+`mc_reward` / `score_completion` add the weighted sum, with the weights always passed in: they come from
+`train.reward_weights` in params.yaml (`TrainParams.rule_reward_weights`), the same numbers training uses.
 """
 
 import re
@@ -171,12 +172,10 @@ REWARDS = {
     "format": format_reward,
     "tags": tag_count_reward,
 }
-DEFAULT_WEIGHTS = {"correct": 1.0, "format": 0.2, "tags": 0.0}
 
 
-def mc_reward(completions, answer, n_options=None, weights=None, variant=None, **kwargs) -> list[float]:
-    """Correctness plus a smaller format term: the reward the pipeline trains on."""
-    weights = DEFAULT_WEIGHTS if weights is None else weights
+def mc_reward(completions, answer, n_options=None, *, weights: dict, variant=None, **kwargs) -> list[float]:
+    """The weighted sum of the rule rewards: what the pipeline trains on (with train.reward_weights)."""
     total = [0.0] * len(completions)
     for name, weight in weights.items():
         if weight:
@@ -185,12 +184,13 @@ def mc_reward(completions, answer, n_options=None, weights=None, variant=None, *
     return total
 
 
-def score_completion(completion, answer: str, n_options: int = 4, variant: str = "cot", weights=None) -> dict:
-    """Everything the pipeline records about one completion, judged on its variant's answer_span."""
+def judge(completion, answer: str, n_options: int = 4, variant: str = "cot") -> dict:
+    """The letter one completion declares (in its variant's answer_span), whether it is right, whether in format."""
     pred = extract_answer(answer_span(completion, variant), n_options)
-    return {
-        "pred": pred,
-        "correct": pred is not None and pred == answer,
-        "format_ok": follows_format(completion, variant),
-        "reward": mc_reward([completion], [answer], [n_options], weights, variant=variant)[0],
-    }
+    return {"pred": pred, "correct": pred is not None and pred == answer, "format_ok": follows_format(completion, variant)}
+
+
+def score_completion(completion, answer: str, n_options: int, variant: str, weights: dict) -> dict:
+    """`judge` plus the weighted reward: what `mcgrpo score` and the chat page show."""
+    reward = mc_reward([completion], [answer], [n_options], weights=weights, variant=variant)[0]
+    return {**judge(completion, answer, n_options, variant), "reward": reward}

@@ -3,8 +3,8 @@
 TRL 1.15's GRPOTrainer scores completion tokens through `trl.kernels.ChunkedLogProbFunction`,
 a Triton kernel, and has no fallback: without Triton (CPU CI, the offline demo on a laptop) it
 fails with `'NoneType' object has no attribute 'apply'`. This computes the same quantities with
-ordinary torch ops (autograd gives the backward). It is installed only where TRL found no kernel,
-so GPU runs keep TRL's own fused path.
+ordinary torch ops (autograd gives the backward). `mcgrpo.patches.install_torch_logprobs` installs it only where
+TRL found no kernel, so GPU runs keep TRL's own fused path.
 """
 
 import torch
@@ -31,13 +31,3 @@ class TorchChunkedLogProb:
             mean_logits = logits.mean(-1) if "mean_logits" in outputs else None
             is_top1 = (logits.argmax(-1) == targets) if "is_top1" in outputs else None
         return logprobs, entropy, log_sum_sq, mean_logits, is_top1
-
-
-def install_if_needed() -> bool:
-    """Plug the stand-in into TRL when its Triton kernel could not be imported; True if installed."""
-    import trl.trainer.utils as trl_utils
-
-    if getattr(trl_utils, "_ChunkedLogProbFunction", object()) is None:
-        trl_utils._ChunkedLogProbFunction = TorchChunkedLogProb
-        return True
-    return False

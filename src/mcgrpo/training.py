@@ -12,7 +12,6 @@ import shutil
 import sys
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -40,23 +39,27 @@ def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = ()):
                                "question": r["question"], "options": r["options"]} for r in records])
 
 
-def grpo_config(tp, output_dir, bf16: bool, engine: str = "generate"):
-    """TRL's config from train params; `engine` is the resolved rollout engine (see rollout_engine)."""
+# TrainParams fields that are the project's own, not GRPOConfig's, though a name may match one of TRL's
+# (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
+NOT_GRPO_FIELDS = {"variant", "lora", "rollout_engine", "grouped_attention", "num_processes", "accelerate_config",
+                   "use_vllm", "reward_weights"}
+
+
+def grpo_config(tp, output_dir, bf16: bool, engine: str = "hf"):
+    """TRL's config from train params: every TrainParams field GRPOConfig has, by name, and the settings the
+    project decides (rollout engine, reward weights in TRL's list form, precision, device, logging).
+    `engine` is the resolved rollout engine (see rollout_engine)."""
+    import dataclasses
+
     from trl import GRPOConfig
 
+    trl_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    shared = {name: getattr(tp, name) for name in type(tp).model_fields if name in trl_fields - NOT_GRPO_FIELDS}
     return GRPOConfig(
-        output_dir=str(output_dir), seed=tp.seed, max_steps=tp.max_steps, learning_rate=tp.learning_rate,
-        lr_scheduler_type=tp.lr_scheduler_type, warmup_steps=tp.warmup_steps, weight_decay=tp.weight_decay,
-        max_grad_norm=tp.max_grad_norm, optim=tp.optim,
-        per_device_train_batch_size=tp.per_device_train_batch_size,
-        gradient_accumulation_steps=tp.gradient_accumulation_steps, num_generations=tp.num_generations,
-        max_completion_length=tp.max_completion_length, temperature=tp.temperature, top_p=tp.top_p,
-        beta=tp.beta, loss_type=tp.loss_type, scale_rewards=tp.scale_rewards, num_iterations=tp.num_iterations,
-        epsilon=tp.epsilon, reward_weights=[w for w in tp.reward_weights.values() if w],
-        gradient_checkpointing=tp.gradient_checkpointing, use_vllm=engine == "vllm",
-        cache_implementation="static" if engine == "static" else None,
-        use_transformers_continuous_batching=engine == "continuous",
-        save_steps=tp.save_steps, save_total_limit=tp.save_total_limit, logging_steps=tp.logging_steps,
+        output_dir=str(output_dir), **shared,
+        reward_weights=[w for w in tp.reward_weights.values() if w], use_vllm=engine == "vllm",
+        cache_implementation="static" if engine == "hf_static" else None,
+        use_transformers_continuous_batching=engine == "hf_continuous",
         bf16=bf16, use_cpu=not torch.cuda.is_available(), report_to="none", log_completions=False,
         # TRL's own rollouts sample with torch.multinomial, which fails with a device-side assert on a NaN/inf logit
         generation_kwargs={"remove_invalid_values": True},
@@ -67,17 +70,17 @@ def grpo_config(tp, output_dir, bf16: bool, engine: str = "generate"):
 
 
 def rollout_engine(tp, backend: str) -> str:
-    """The engine that samples this run's completions: vllm, fast, generate, static or continuous."""
+    """The engine that samples this run's completions: vllm, fast, hf, hf_static or hf_continuous."""
     if tp.use_vllm:
         if importlib.util.find_spec("vllm") is not None:
             return "vllm"
         print("warning: train.use_vllm is true but vllm is not installed; rollouts use train.rollout_engine "
               f"({tp.rollout_engine}) instead")
     if tp.rollout_engine == "auto":
-        return "fast" if backend == "transformers" and tp.top_p >= 1 else "generate"
+        return "fast" if backend == "transformers" and tp.top_p >= 1 else "hf"
     if tp.rollout_engine == "fast" and backend != "transformers":
         raise UserError(f"train.rollout_engine=fast needs the transformers backend (model.backend is {backend}); "
-                        "set train.rollout_engine to auto or generate, or model.backend to transformers")
+                        "set train.rollout_engine to auto or hf, or model.backend to transformers")
     return tp.rollout_engine
 
 
@@ -96,27 +99,6 @@ def stop_at_variant_end(model, tokenizer, variant: str) -> None:
     eos = model.generation_config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     model.generation_config.eos_token_id = sorted(set(eos) | set(stop_token_ids(tokenizer, variant)))
-
-
-@contextmanager
-def input_grad_hooks_removed(model):
-    """Run with none of the input-embedding hooks that make the embeddings' output require grad; put one back.
-
-    Those hooks only matter for backward passes. Inside the compiled rollout step Dynamo cannot trace their
-    `requires_grad_` call (fullgraph). They also leak: TRL 1.15 turns gradient checkpointing off and on around
-    every log-prob pass, and each `gradient_checkpointing_enable` (transformers 5.17) adds one more, so
-    training with many steps piles them up; one is enough, and one is what comes back.
-    """
-    hooks = model.get_input_embeddings()._forward_hooks
-    removed = {key: hook for key, hook in hooks.items() if getattr(hook, "__name__", "") == "make_inputs_require_grads"}
-    for key in removed:
-        del hooks[key]
-    try:
-        yield
-    finally:
-        if removed:
-            newest = max(removed)  # the one the model's own handle refers to
-            hooks[newest] = removed[newest]
 
 
 class FastRollouts:
@@ -139,20 +121,22 @@ class FastRollouts:
     def __call__(self, prompts: list, trainer) -> dict:
         from mcgrpo.fast_generation import StaticGenerator
         from mcgrpo.generation import left_pad
+        from mcgrpo.patches import input_grad_hooks_removed, rollout_settings, tokenize_prompts
 
         start = time.perf_counter()
-        prompt_ids, _, _ = trainer._tokenize_prompts(prompts)  # TRL's own chat templating, so ids match its forward
+        prompt_ids = tokenize_prompts(trainer, prompts)
+        settings = rollout_settings(trainer)
         model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
         device = trainer.accelerator.device
-        need = max(map(len, prompt_ids)) + trainer.max_completion_length
+        need = max(map(len, prompt_ids)) + settings["max_completion_length"]
         if self.generator is None or len(prompt_ids) > self.generator.batch_size or need > self.generator.max_length:
             if self.generator is not None:
                 print(f"warning: rollout batch {len(prompt_ids)} x {need} tokens outgrew the rollout cache; "
                       "rebuilding it (and recompiling)")
             self.generator = StaticGenerator(
-                model, batch_size=len(prompt_ids), max_length=max(need, self.max_prompt_tokens + trainer.max_completion_length),
+                model, batch_size=len(prompt_ids), max_length=max(need, self.max_prompt_tokens + settings["max_completion_length"]),
                 grouped_attention=self.grouped_attention)
-        pad = trainer._tokenizer.pad_token_id
+        pad = settings["pad_token_id"]
         input_ids, attention_mask = left_pad(prompt_ids, pad)
         was_training = model.training
         model.eval()
@@ -160,11 +144,11 @@ class FastRollouts:
             with input_grad_hooks_removed(model), \
                     torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(trainer.args.bf16)):
                 new_tokens = self.generator.generate(
-                    input_ids.to(device), attention_mask.to(device), max_new_tokens=trainer.max_completion_length,
-                    eos_token_ids=trainer.eos_token_ids, pad_token_id=pad, temperature=trainer.temperature).tolist()
+                    input_ids.to(device), attention_mask.to(device), max_new_tokens=settings["max_completion_length"],
+                    eos_token_ids=settings["eos_token_ids"], pad_token_id=pad, temperature=settings["temperature"]).tolist()
         finally:
             model.train(was_training)
-        eos = set(trainer.eos_token_ids)
+        eos = set(settings["eos_token_ids"])
         # Keep each completion up to and including its first EOS, as TRL's completion mask does.
         completion_ids = [ids[:next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))] for ids in new_tokens]
         self.seconds.append(time.perf_counter() - start)
@@ -337,7 +321,7 @@ def _sort_target_modules(config_file: Path) -> None:
 
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
-               live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "generate",
+               live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "hf",
                callbacks: tuple = (), shots: list[dict] = ()) -> dict:
     """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics.
 
@@ -346,9 +330,9 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     """
     from trl import GRPOTrainer
 
-    from mcgrpo.torch_logprobs import install_if_needed
+    from mcgrpo.patches import install_torch_logprobs
 
-    install_if_needed()
+    install_torch_logprobs()
     rewards = reward_functions(tp, reward_model_file)  # first: a skipped reward model fails before any work
     procs = process_state()
     main = procs.is_main_process

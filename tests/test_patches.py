@@ -1,0 +1,74 @@
+"""mcgrpo.patches: each patched third-party internal still has the shape its caller relies on, and a version the
+patches were not written for is refused with a message."""
+
+import ast
+import importlib.util
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcgrpo import patches
+from mcgrpo.errors import UserError
+from mcgrpo.torch_logprobs import TorchChunkedLogProb
+
+
+def trl_source(relative: str) -> ast.Module:
+    """A module of the installed TRL, parsed (trl.kernels cannot be imported without Triton)."""
+    root = Path(importlib.util.find_spec("trl").origin).parent
+    return ast.parse((root / relative).read_text())
+
+
+def test_plain_torch_kernel_takes_what_trls_kernel_takes_and_is_passed():
+    kernel = next(n for n in ast.walk(trl_source("kernels/chunked_logprob.py"))
+                  if isinstance(n, ast.ClassDef) and n.name == "ChunkedLogProbFunction")
+    forward = next(n for n in kernel.body if isinstance(n, ast.FunctionDef) and n.name == "forward")
+    trl_params = [a.arg for a in forward.args.args][1:]  # without ctx
+    assert list(inspect.signature(TorchChunkedLogProb.apply).parameters) == trl_params
+    calls = [n for n in ast.walk(trl_source("trainer/utils.py")) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and n.func.attr == "apply"
+             and getattr(n.func.value, "id", "") == "_ChunkedLogProbFunction"]
+    assert calls and all(len(c.args) == len(trl_params) and not c.keywords for c in calls)
+
+
+def test_trainer_internals_the_rollouts_read_exist():
+    from trl import GRPOTrainer
+
+    assert list(inspect.signature(GRPOTrainer._tokenize_prompts).parameters) == ["self", "prompts"]
+    init = inspect.getsource(GRPOTrainer.__init__)
+    for attribute in ("self._tokenizer", "self.eos_token_ids", "self.max_completion_length", "self.temperature"):
+        assert f"{attribute} =" in init, attribute
+
+
+def test_decoder_layer_takes_the_cache_the_compiled_layers_pass():
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer
+
+    parameters = inspect.signature(Gemma3DecoderLayer.forward).parameters
+    assert {"hidden_states", "past_key_values"} <= set(parameters)
+
+
+def test_input_embedding_hook_is_still_named_as_the_patch_expects():
+    from transformers import modeling_utils
+
+    assert "def make_inputs_require_grads" in inspect.getsource(modeling_utils.PreTrainedModel.enable_input_require_grads)
+
+
+def test_a_version_outside_the_written_range_is_refused(monkeypatch):
+    patches.check_version.cache_clear()
+    monkeypatch.setitem(patches.WRITTEN_FOR, "trl", ("0.1", "0.2"))
+    try:
+        with pytest.raises(UserError, match=r"trl .* is installed, but mcgrpo's patch of X was written for trl 0.1–0.2"):
+            patches.check_version("trl", "X")
+    finally:
+        monkeypatch.undo()
+        patches.check_version.cache_clear()
+    patches.check_version("trl", "X")  # the installed, pinned version passes
+
+
+def test_layer_forwards_puts_back_what_was_there():
+    plain, hooked = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    hooked.forward = lambda x: "hook"
+    with patches.layer_forwards([plain, hooked], [lambda x: "a", lambda x: "b"]):
+        assert (plain(1), hooked(1)) == ("a", "b")
+    assert "forward" not in vars(plain) and hooked(1) == "hook"
