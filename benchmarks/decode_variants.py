@@ -14,16 +14,14 @@
 
 import argparse
 import json
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
+from common import DEVICE, random_model, replay_ms, sync
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mcgrpo.fast_generation import StaticGenerator, grouped_query_and_mask, use_grouped_attention  # noqa: E402
-from mcgrpo.tiny import PRESETS  # noqa: E402
+from mcgrpo.fast_generation import StaticGenerator, grouped_query_and_mask, use_grouped_attention
+from mcgrpo.fileio import write_json
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--batch", type=int, default=128)
@@ -37,7 +35,7 @@ parser.add_argument("--out", required=True)
 args = parser.parse_args()
 started = time.perf_counter()
 
-from transformers import AttentionInterface, Gemma3ForCausalLM, Gemma3TextConfig  # noqa: E402
+from transformers import AttentionInterface  # noqa: E402
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
 
 
@@ -50,24 +48,16 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
 AttentionInterface.register("grouped_sdpa", grouped_sdpa)
 AttentionMaskInterface.register("grouped_sdpa", sdpa_mask)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this script (tiny preset)
-torch.manual_seed(0)
-config = Gemma3TextConfig(**PRESETS[args.preset], attn_implementation="sdpa")
-model = Gemma3ForCausalLM(config).to(DEVICE, torch.bfloat16 if DEVICE == "cuda" else torch.float32).eval()
+model = random_model(args.preset)
+config = model.config
 ids = torch.randint(10, config.vocab_size, (args.batch, args.prompt), device=DEVICE)
 mask = torch.ones_like(ids)
 results = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
            "batch": args.batch, "prompt_tokens": args.prompt, "new_tokens": args.new, "variants": {}}
 
 
-def sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def save():
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
 
 
 def generator_for(variant):
@@ -90,18 +80,6 @@ def run(generator, new):
     return out, time.perf_counter() - t, queued
 
 
-def replay_only_ms(generator, replays=64):
-    """GPU time per replay of the greedy decode graph alone (no per-token bookkeeping between replays)."""
-    if not generator._graphs:
-        return None
-    generator._cache_position.fill_(args.prompt)  # every replay writes the same slot, inside the cache
-    graph = generator._graphs[False][0]
-    sync()
-    t = time.perf_counter()
-    for _ in range(replays):
-        graph.replay()
-    sync()
-    return round(1000 * (time.perf_counter() - t) / replays, 3)
 
 
 def profile_loop(generator, steps=32):
@@ -126,13 +104,12 @@ def profile_step(generator, steps):
     """GPU time per decode step by kernel: the compiled step called directly, outside its CUDA graph."""
     from torch.profiler import ProfilerActivity, profile
 
-    generator._cache_position.fill_(args.prompt)  # every step writes the same slot, inside the cache
-    inputs = generator._step_inputs(False)
-    generator._step(*inputs)
+    generator.set_cache_position(args.prompt)  # every step writes the same slot, inside the cache
+    generator.greedy_step()
     sync()
     with profile(activities=[ProfilerActivity.CUDA] if DEVICE == "cuda" else [ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            generator._step(*inputs)
+            generator.greedy_step()
         sync()
     per_kernel = defaultdict(lambda: [0.0, 0])
     for event in prof.events():
@@ -162,8 +139,8 @@ with torch.inference_mode():
             # time for the host to queue every step; close to the total means the host is the limit
             "host_queue_s": [round(h, 3) for _, _, h in runs],
             "ms_per_step": round(1000 * best / out.shape[1], 2), "new_tok_per_s": round(out.numel() / best),
-            "replay_only_ms": replay_only_ms(generator),
-            "loop_profile": profile_loop(generator),
+            "replay_only_ms": replay_ms(generator, cache_position=args.prompt),
+            "loop_profile": profile_loop(generator, steps=min(32, args.new - 1)),  # within the cache
             "profile": profile_step(generator, args.profile_steps)}
         print(variant, json.dumps(results["variants"][variant]), flush=True)
         save()

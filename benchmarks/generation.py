@@ -10,15 +10,13 @@ apart), then timed calls. Greedy outputs of StaticGenerator are compared with HF
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import DEVICE, random_model, sync
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mcgrpo.fast_generation import StaticGenerator, use_grouped_attention  # noqa: E402
-from mcgrpo.tiny import PRESETS  # noqa: E402
+from mcgrpo.fast_generation import StaticGenerator, use_grouped_attention
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--batch", type=int, default=128)
@@ -32,12 +30,8 @@ parser.add_argument("--compile-prefill", action="store_true", help="StaticGenera
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig  # noqa: E402
-
-torch.manual_seed(0)
-config = Gemma3TextConfig(**PRESETS[args.preset], attn_implementation="sdpa")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this script (tiny preset)
-model = Gemma3ForCausalLM(config).to(DEVICE, torch.bfloat16 if DEVICE == "cuda" else torch.float32).eval()
+model = random_model(args.preset)
+config = model.config
 model.generation_config.eos_token_id = None  # no early stop: every row runs the full length
 model.generation_config.pad_token_id = 0
 ids = torch.randint(10, config.vocab_size, (args.batch, args.prompt), device=DEVICE)
@@ -46,11 +40,6 @@ results = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
            "compile_prefill": args.compile_prefill,
            "prompt_tokens": args.prompt, "new_tokens": args.new, "engines": {}}
 print(json.dumps({k: v for k, v in results.items() if k != "engines"}), flush=True)
-
-
-def sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn):

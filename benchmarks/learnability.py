@@ -16,20 +16,18 @@ the letter by GRPO (nor past ~50% with supervised training), and after a warm st
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mcgrpo.data.synthetic import make_hinted_mc, make_synthetic_mc  # noqa: E402
-from mcgrpo.fileio import write_jsonl  # noqa: E402
-from mcgrpo.modeling import load_model  # noqa: E402
-from mcgrpo.tiny import build_tiny_model  # noqa: E402
-from mcgrpo.params import ModelParams, TrainParams  # noqa: E402
-from mcgrpo.training import run_fingerprint, train_grpo  # noqa: E402
+from mcgrpo.data.synthetic import make_hinted_mc, make_synthetic_mc
+from mcgrpo.fileio import write_jsonl
+from mcgrpo.modeling import load_model
+from mcgrpo.params import ModelParams, TrainParams
+from mcgrpo.tiny import build_tiny_model
+from mcgrpo.training import run_fingerprint, train_grpo
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=150)

@@ -19,13 +19,15 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from transformers import AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer
 
-from mcgrpo.demo import deep_merge  # noqa: E402
-from mcgrpo.fileio import read_jsonl  # noqa: E402
-from mcgrpo.tiny import build_tiny_model, question_texts  # noqa: E402
+from mcgrpo.demo import deep_merge
+from mcgrpo.fileio import read_jsonl
+from mcgrpo.params import TrainParams
+from mcgrpo.tiny import build_tiny_model, question_texts
+from mcgrpo.training import accelerate_command
+
+ROOT = Path(__file__).resolve().parents[1]
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--race", required=True)
@@ -102,9 +104,8 @@ for stage in args.stages.split(","):
     # Stream to a file, so a run killed by a time limit still leaves its log behind.
     with open(out / f"{stage}.log", "w") as log:
         command = [sys.executable, f"stages/{stage}.py"]
-        if stage == "train" and args.train_processes:
-            command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/ddp.yaml",
-                       "--num_processes", str(args.train_processes), "--num_machines", "1", f"stages/{stage}.py"]
+        if stage == "train" and args.train_processes:  # the DDP config, as the train stage launches itself
+            command = accelerate_command(TrainParams(num_processes=args.train_processes), f"stages/{stage}.py")
         proc = subprocess.run(command, cwd=work, text=True, stdout=log,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": env_path})
     timings[stage] = round(time.perf_counter() - t, 1)
@@ -121,3 +122,5 @@ for name in ["metrics/baseline.json", "metrics/finetuned.json", "metrics/compari
                                               "overrides": args.set,
                                               "stage_seconds": timings}, indent=2))
 print(json.dumps(timings))
+if proc.returncode:  # what ran is recorded above; the run itself failed
+    raise SystemExit(f"stage {stage} failed (exit {proc.returncode}): see {out / f'{stage}.log'}")

@@ -15,20 +15,19 @@ the log-likelihood scorer (`--loglik N`).
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import replay_ms, sync
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mcgrpo.fileio import read_jsonl  # noqa: E402
-from mcgrpo.generation import static_generator_for  # noqa: E402
-from mcgrpo.loglik import option_logprobs  # noqa: E402
-from mcgrpo.modeling import load_model  # noqa: E402
-from mcgrpo.tiny import build_tiny_model, question_texts  # noqa: E402
-from mcgrpo.params import ModelParams  # noqa: E402
-from mcgrpo.prompts import render_prompt  # noqa: E402
+from mcgrpo.fileio import read_jsonl, write_json
+from mcgrpo.generation import static_generator_for
+from mcgrpo.loglik import option_logprobs
+from mcgrpo.modeling import load_model
+from mcgrpo.params import ModelParams
+from mcgrpo.prompts import render_prompt
+from mcgrpo.tiny import build_tiny_model, question_texts
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--race", required=True)
@@ -59,20 +58,14 @@ records = read_jsonl(args.race)
 prompts = [render_prompt(tokenizer, r, v) for v in ("direct", "cot") for r in records[: args.batch]]
 enc = tokenizer(prompts[: args.batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 stop = list(model.generation_config.eos_token_id)
-random_ids = torch.randint(10, 30000, enc["input_ids"].shape, device=device)
+random_ids = torch.randint(10, model.config.vocab_size, enc["input_ids"].shape, device=device)
 result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
           "batch": args.batch, "prompt_tokens": enc["input_ids"].shape[1],
           "padding_share": round(1 - enc["attention_mask"].float().mean().item(), 3), "models": {}}
 
 
 def save():
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-
-
-def sync():
-    if cuda:
-        torch.cuda.synchronize()
+    write_json(args.out, result)
 
 
 def timed(static, runs, name, ids, mask, check_every):
@@ -91,19 +84,6 @@ def timed(static, runs, name, ids, mask, check_every):
         run["decode_ms_per_step"] = round(1000 * run["decode_s"] / (args.new - 1), 2)
     runs[name] = run
     print(name, run, flush=True)
-
-
-def replay_ms(static, replays=64):
-    """GPU time per replay of the decode graph alone, at the last call's cache position."""
-    if not static._graphs:
-        return None
-    graph = static._graphs[False][0]
-    sync()
-    start = time.perf_counter()
-    for _ in range(replays):
-        graph.replay()
-    sync()
-    return round(1000 * (time.perf_counter() - start) / replays, 3)
 
 
 def profile_steps(static, steps=32):

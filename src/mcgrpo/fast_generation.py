@@ -243,6 +243,20 @@ class StaticGenerator:
         self._graphs = {}  # sampling (bool) -> (CUDAGraph, its output tensor)
         self._marks = []  # (start, prefilled, end) CUDA events of each call, read by seconds()
 
+    def decode_graph(self):
+        """The recorded CUDA graph of the greedy decode step (None until one is recorded, or on a CPU), for
+        benchmarks that time its replays alone."""
+        return self._graphs.get(False, (None,))[0]
+
+    def set_cache_position(self, position: int) -> None:
+        """Where the next decode step writes (benchmarks replay one step at a fixed slot)."""
+        self._cache_position.fill_(position)
+
+    def greedy_step(self):
+        """One greedy decode step on the current inputs, run directly (compiled where compile is on, outside any
+        CUDA graph): what benchmarks profile kernel by kernel."""
+        return self._step(*self._step_inputs(False))
+
     def decode_masks(self):
         """Boolean masks of one decode step, per layer kind: (batch, 1, 1, slots).
 

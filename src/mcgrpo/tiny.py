@@ -64,11 +64,14 @@ def question_texts(records: list[dict]) -> list[str]:
                                                                 for r in records]
 
 
-def build_model(preset: str = "tiny", vocab_size: int | None = None, seed: int = 0, dtype=torch.float32):
+def build_model(preset: str = "tiny", vocab_size: int | None = None, seed: int = 0, dtype=torch.float32,
+                attn_implementation: str | None = None):
+    """A random-init Gemma3ForCausalLM at `preset`'s shape (gemma-3-1b: Gemma 3 1B's exact config)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
     config = Gemma3TextConfig(**{**PRESETS[preset], **({"vocab_size": vocab_size} if vocab_size else {}),
+                                 **({"attn_implementation": attn_implementation} if attn_implementation else {}),
                                  "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2})
     return Gemma3ForCausalLM(config).to(dtype)
 
