@@ -10,9 +10,9 @@ choose a setting.
 import json
 import sys
 
-import yaml
+from mcgrpo.params import load_params
 
-variant = yaml.safe_load(open("params.yaml"))["train"]["variant"]
+variant = load_params().train.variant
 best, best_accuracy = None, -1.0
 # dvc exp show --json: [{"rev", "experiments": [{"revs": [{"name", "data": {"metrics", "params"}}]}]}]
 for commit in json.load(open(sys.argv[1])):

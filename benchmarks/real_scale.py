@@ -21,9 +21,8 @@ import yaml
 
 from transformers import AutoTokenizer
 
-from mcgrpo.demo import deep_merge
 from mcgrpo.fileio import read_jsonl
-from mcgrpo.params import TrainParams
+from mcgrpo.params import TrainParams, deep_merge, read_raw_params, write_params
 from mcgrpo.tiny import build_tiny_model, question_texts
 from mcgrpo.training import accelerate_command
 
@@ -80,7 +79,7 @@ else:
     shutil.copy(args.race, work / "race.jsonl")
 data = {"path": "race_{split}.jsonl", "train_split": "train", "eval_split": "test"} if args.race_train else \
     {"path": "race.jsonl"}
-params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {
+params = deep_merge(read_raw_params(ROOT / "params.yaml"), {
     "model": {"name": str(model_dir), "backend": args.backend, "dtype": "bfloat16" if args.preset != "tiny" else "auto"},
     "prepare": {"source": "table", **data, "config": None, "n_train": 64, "n_eval": args.n_eval or None,
                 "max_prompt_tokens": 1024,
@@ -95,7 +94,7 @@ for item in args.set:
     key, value = item.split("=", 1)
     section, name = key.split(".", 1)
     params = deep_merge(params, {section: {name: yaml.safe_load(value)}})
-(work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+write_params(work / "params.yaml", params)
 
 env_path = f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"
 timings = {}

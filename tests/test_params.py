@@ -87,3 +87,16 @@ def test_renamed_engines_are_refused_with_the_new_name(section, key, old, new):
     with pytest.raises(UserError, match=f"{section}.{key}: .*'{old}' was renamed \\(did you mean '{new}'\\?\\)"):
         parse_params({section: {key: old}})
     assert getattr(getattr(parse_params({section: {key: new}}), section), key) == new
+
+
+def test_write_params_validates_before_writing(tmp_path):
+    from mcgrpo.params import deep_merge, read_raw_params, write_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  learning_rate: 1.0e-05\n")
+    raw = read_raw_params(path)
+    with pytest.raises(UserError, match="train.learning_rate"):
+        write_params(path, deep_merge(raw, {"train": {"learning_rate": -1}}))
+    assert read_raw_params(path) == {"train": {"learning_rate": 1e-05}}  # left as it was
+    assert write_params(path, deep_merge(raw, {"train": {"beta": 0.1}})).train.beta == 0.1
+    assert read_raw_params(path) == {"train": {"learning_rate": 1e-05, "beta": 0.1}}

@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from mcgrpo.data.synthetic import make_synthetic_mc
-from mcgrpo.fileio import write_jsonl, write_text
+from mcgrpo.fileio import write_jsonl
+from mcgrpo.params import deep_merge, read_raw_params, write_params
 from mcgrpo.tiny import build_tiny_model
 
 TINY_MODEL = "models/tiny-gemma"
@@ -36,13 +35,6 @@ MODEL_METRICS = ["metrics/baseline.json", "metrics/finetuned.json"]
 PROJECT_FILES = ["dvc.yaml", "stages", "src", "configs", ".dvcignore"]
 GIT_ENV = {"GIT_AUTHOR_NAME": "mcgrpo demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
            "GIT_COMMITTER_NAME": "mcgrpo demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
-
-
-def deep_merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = deep_merge(base.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
 
 
 def project_env(cwd) -> dict:
@@ -70,11 +62,8 @@ def setup_demo(project: Path, dest: Path, overrides: dict | None = None, warm_st
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif src.exists():
             shutil.copy2(src, dest / name)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params = deep_merge(params, DEMO_OVERRIDES)
-    if overrides:
-        params = deep_merge(params, overrides)
-    write_text(dest / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+    write_params(dest / "params.yaml", deep_merge(read_raw_params(project / "params.yaml"),
+                                                  deep_merge(DEMO_OVERRIDES, overrides or {})))
     write_jsonl(dest / DEMO_DATA, make_synthetic_mc(120, seed=0))
     build_tiny_model(dest / TINY_MODEL, warm_start_steps=warm_start_steps)
     run(["git", "init", "-q"], dest)

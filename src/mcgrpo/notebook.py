@@ -10,11 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import yaml
-
 from mcgrpo.demo import project_env, setup_demo
-from mcgrpo.fileio import write_text
-from mcgrpo.params import load_params
+from mcgrpo.params import read_raw_params, write_params
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -47,13 +44,12 @@ def open_project(path=None) -> Path:
 def set_params(changes: dict) -> dict:
     """Merge {section: {key: value}} into params.yaml (as `dvc exp run -S` would) and validate the result;
     None values are left out, so a notebook parameter of None keeps the project's setting."""
-    params = yaml.safe_load(Path("params.yaml").read_text())
+    params = read_raw_params()
     for section, values in changes.items():
         for key, value in values.items():
             if value is not None:
                 params.setdefault(section, {})[key] = value
-    write_text(Path("params.yaml"), yaml.safe_dump(params, sort_keys=False))
-    return load_params().model_dump()  # a bad value fails here, naming the key
+    return write_params("params.yaml", params).model_dump()  # a bad value fails here, naming the key
 
 
 def repro(*stages: str, on_poll=None, every_s: float = 2.0) -> str:

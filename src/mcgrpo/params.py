@@ -302,12 +302,34 @@ def parse_params(raw: dict, name: str = PARAMS_FILE) -> Params:
         raise UserError(f"{name}: invalid parameters; fix these keys:\n  {lines}") from None
 
 
-def load_params(path=PARAMS_FILE) -> Params:
+def read_raw_params(path=PARAMS_FILE) -> dict:
+    """params.yaml as written (comments aside), for code that changes it and writes it back (write_params)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found; run from the project root (where dvc.yaml is)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({err})") from None
-    return parse_params(raw, str(path))
+
+
+def load_params(path=PARAMS_FILE) -> Params:
+    return parse_params(read_raw_params(path), str(path))
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """overrides into base, section by section (a nested mapping merges; anything else replaces)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = deep_merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def write_params(path, raw: dict) -> Params:
+    """Validate raw params, then write them to path atomically: a bad value fails here, naming the key, and
+    leaves the file as it was."""
+    from mcgrpo.fileio import write_text
+
+    params = parse_params(raw, str(path))
+    write_text(path, yaml.safe_dump(raw, sort_keys=False))
+    return params
