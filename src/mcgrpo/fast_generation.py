@@ -343,44 +343,67 @@ class StaticGenerator:
         if n > self.batch_size or prompt_len + max_new_tokens > self.max_length:
             raise ValueError(f"batch {n} x {prompt_len}+{max_new_tokens} tokens exceeds the generator's "
                              f"{self.batch_size} x {self.max_length}")
-        # Pad the batch to the compiled shape (extra rows are pads, finished from the start).
-        rows = self.batch_size
-        ids = torch.full((rows, prompt_len), pad_token_id, dtype=torch.long, device=self.device)
-        ids[:n] = input_ids.to(self.device)
-        mask = self._mask
-        mask.zero_()
-        mask[:n, :prompt_len] = attention_mask.to(self.device)
-        mask[n:, prompt_len - 1] = 1  # a dummy row attends to one slot, so no row is all masked
+        ids = self._load_prompts(input_ids, attention_mask, pad_token_id)
         eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=self.device)
-        sampling = temperature > 0
-        if sampling:
-            self._temperature.fill_(temperature)
-            if self._uniform is None:
-                self._uniform = torch.empty((rows, self.model.config.vocab_size), device=self.device)
-
-        def noise():
-            if sampling:
-                torch.rand(self._uniform.shape, out=self._uniform, generator=generator, device=self.device)
-            return self._uniform if sampling else None
-
+        noise = self._noise(temperature, generator)
         marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if self.device.type == "cuda" else None
         if marks:
             marks[0].record()
-        positions = _positions(mask[:, :prompt_len])
-        logits = self._forward(ids, prefill_masks(mask[:, :prompt_len], self.kinds, self.window), positions,
-                               self._prefill_layer)
+        tokens, finished = self._prefill(ids, n, pad_token_id, eos, noise)
         if marks:
             marks[1].record()
-        finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        out = self._decode_loop(tokens, finished, prompt_len, max_new_tokens, pad_token_id, eos, noise,
+                                sampling=temperature > 0)
+        if marks:
+            marks[2].record()
+            self._marks.append(marks)
+        return torch.stack(out, dim=1)[:n]
+
+    def _load_prompts(self, input_ids, attention_mask, pad_token_id: int):
+        """The prompts padded to the compiled batch (extra rows are pads, finished from the start) and their
+        mask written into the step's mask."""
+        n, prompt_len = input_ids.shape
+        ids = torch.full((self.batch_size, prompt_len), pad_token_id, dtype=torch.long, device=self.device)
+        ids[:n] = input_ids.to(self.device)
+        self._mask.zero_()
+        self._mask[:n, :prompt_len] = attention_mask.to(self.device)
+        self._mask[n:, prompt_len - 1] = 1  # a dummy row attends to one slot, so no row is all masked
+        return ids
+
+    def _noise(self, temperature: float, generator):
+        """A function that refills the sampling noise in place and returns it (None when greedy)."""
+        if temperature <= 0:
+            return lambda: None
+        self._temperature.fill_(temperature)
+        if self._uniform is None:
+            self._uniform = torch.empty((self.batch_size, self.model.config.vocab_size), device=self.device)
+
+        def refill():
+            torch.rand(self._uniform.shape, out=self._uniform, generator=generator, device=self.device)
+            return self._uniform
+        return refill
+
+    def _prefill(self, ids, n: int, pad_token_id: int, eos, noise):
+        """The prompts through the model into the cache; the first new tokens, and which rows have finished."""
+        prompt_len = ids.shape[1]
+        mask = self._mask[:, :prompt_len]
+        positions = _positions(mask)
+        logits = self._forward(ids, prefill_masks(mask, self.kinds, self.window), positions, self._prefill_layer)
+        finished = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
         finished[n:] = True
         tokens = torch.where(finished, pad_token_id, self._pick(logits, self._temperature, noise()))
-        finished = finished | _is_any_of(tokens, eos)
-        out = [tokens]
         self._tokens.copy_(tokens)
         self._positions.copy_(positions[:, -1] + 1)
         self._cache_position.fill_(prompt_len)
+        return tokens, finished | _is_any_of(tokens, eos)
+
+    def _decode_loop(self, tokens, finished, prompt_len: int, max_new_tokens: int, pad_token_id: int, eos, noise,
+                     sampling: bool):
+        """One decode step per new token (a CUDA graph replay where recorded), until max_new_tokens or every row
+        has finished (checked every check_every steps: the only host sync)."""
+        out = [tokens]
         for step in range(1, max_new_tokens):
-            mask[:, prompt_len + step - 1] = 1  # the previous token's cache slot
+            self._mask[:, prompt_len + step - 1] = 1  # the previous token's cache slot
             noise()
             tokens = torch.where(finished, pad_token_id, self._decode(sampling))
             finished = finished | _is_any_of(tokens, eos)
@@ -388,12 +411,9 @@ class StaticGenerator:
             self._tokens.copy_(tokens)
             self._positions.add_(1)
             self._cache_position.add_(1)
-            if step % self.check_every == 0 and bool(finished.all()):  # the only host sync
+            if step % self.check_every == 0 and bool(finished.all()):
                 break
-        if marks:
-            marks[2].record()
-            self._marks.append(marks)
-        return torch.stack(out, dim=1)[:n]
+        return out
 
     def seconds(self) -> dict:
         """GPU seconds spent in prefill and in decoding over every call so far (CUDA only; waits for the GPU)."""
