@@ -6,6 +6,7 @@ letter with the same reward the pipeline trains on). The server binds to 127.0.0
 otherwise, and input longer than --max-input-chars is refused before it reaches a model.
 """
 
+import functools
 import os
 import re
 from threading import Thread
@@ -88,90 +89,102 @@ def load_models(model_params, adapter_dir, which: str) -> dict:
     return models
 
 
+def _guarded(fn):
+    """Turn a UserError into the red toast Gradio shows, with the same message the CLI would print."""
+    import gradio as gr
+
+    def wrapped(*args):
+        try:
+            yield from fn(*args)
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+    return wrapped
+
+
+def chat_replies(models: dict, max_input_chars: int, max_new_tokens: int, message, temperature, *histories):
+    """Each model's streamed reply to the message in its own history, one model after the other (a CPU cannot
+    run two at once anyway): yields (cleared message box, histories, reasoning boxes, answer boxes)."""
+    check_length(max_input_chars, message=message)
+    histories = [list(h or []) + [{"role": "user", "content": message}] for h in histories]
+    outputs = [h + [{"role": "assistant", "content": ""}] for h in histories]
+    reasoning, answers = [""] * len(models), [""] * len(models)
+    for i, (model, tokenizer) in enumerate(models.values()):
+        for text in stream(model, tokenizer, histories[i], max_new_tokens, temperature):
+            outputs[i][-1]["content"] = text
+            reasoning[i], answers[i] = split_reasoning(text)
+            yield "", *outputs, *reasoning, *answers
+
+
+def multiple_choice_replies(models: dict, reward_weights: dict, max_input_chars: int, max_new_tokens: int,
+                            passage, question, options_text, gold, variant, temperature):
+    """Each model's streamed reasoning on one question, then its verdict: yields (reasoning boxes, answer boxes)."""
+    check_length(max_input_chars, passage=passage, question=question, options=options_text)
+    if not (question or "").strip():
+        raise UserError("the question is empty")
+    options = parse_options(options_text)
+    gold = (gold or "").strip().upper()
+    if gold and gold not in LETTERS[:len(options)]:
+        raise UserError(f"the correct answer must be one of {', '.join(LETTERS[:len(options)])} (or left empty)")
+    record = {"context": passage or "", "question": question, "options": options}
+    reasoning, answers = [""] * len(models), [""] * len(models)
+    for i, (model, tokenizer) in enumerate(models.values()):
+        for text in stream(model, tokenizer, build_messages(record, variant), max_new_tokens, temperature):
+            # the reasoning, or the raw reply when the model used no tags (so a miss can be read)
+            reasoning[i] = split_reasoning(text)[0] or text
+            answers[i] = "…"
+            yield *reasoning, *answers
+        answers[i] = verdict(text, options, gold, variant, reward_weights)
+        yield *reasoning, *answers
+
+
+def _multiple_choice_tab(gr, labels: list[str], temperature, replies) -> None:
+    with gr.Tab("Multiple choice"):
+        with gr.Row():
+            with gr.Column():
+                passage = gr.Textbox(label="Passage", lines=8, elem_id="passage")
+                question = gr.Textbox(label="Question", elem_id="question")
+                options = gr.Textbox(label="Options, one per line", lines=4, elem_id="options")
+                with gr.Row():
+                    gold = gr.Textbox(label="Correct letter (optional, to score)", max_lines=1, elem_id="gold")
+                    variant = gr.Radio(["cot", "direct"], value="cot", label="prompt")
+                ask = gr.Button("Answer", variant="primary", elem_id="ask")
+            reasoning, answer = [], []
+            for label in labels:
+                with gr.Column():
+                    gr.Markdown(f"### {label}")
+                    reasoning.append(gr.Textbox(label=f"{label}: reasoning", lines=8, elem_id=f"mc-reasoning-{label}"))
+                    answer.append(gr.Textbox(label=f"{label}: answer", elem_id=f"mc-answer-{label}"))
+        ask.click(_guarded(replies), [passage, question, options, gold, variant, temperature], reasoning + answer)
+
+
+def _chat_tab(gr, labels: list[str], temperature, replies) -> None:
+    with gr.Tab("Chat"):
+        histories, reasoning, answer = [], [], []
+        with gr.Row():
+            for label in labels:
+                with gr.Column():
+                    histories.append(gr.Chatbot(label=label, height=320, elem_id=f"chat-{label}"))
+                    reasoning.append(gr.Textbox(label=f"{label}: reasoning", lines=3, elem_id=f"chat-reasoning-{label}"))
+                    answer.append(gr.Textbox(label=f"{label}: final answer", elem_id=f"chat-answer-{label}"))
+        message = gr.Textbox(label="Message", placeholder="Ask something, then press Enter", elem_id="message")
+        message.submit(_guarded(replies), [message, temperature, *histories], [message, *histories, *reasoning, *answer])
+        gr.Button("Clear").click(lambda: [[] for _ in labels] + [""] * 2 * len(labels), None,
+                                 [*histories, *reasoning, *answer])
+
+
 def build_app(models: dict, reward_weights: dict, *, max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
               max_new_tokens: int = 512, title: str = "mcgrpo chat"):
-    """The Gradio Blocks app over already-loaded models."""
+    """The Gradio Blocks app over already-loaded models ({label: (model, tokenizer)})."""
     import gradio as gr
 
     labels = list(models)
-
-    def guard(fn):
-        """Turn a UserError into the red toast Gradio shows, with the same message the CLI would print."""
-        def wrapped(*args):
-            try:
-                yield from fn(*args)
-            except UserError as err:
-                raise gr.Error(str(err)) from None
-        return wrapped
-
-    def chat(message, temperature, *histories):
-        check_length(max_input_chars, message=message)
-        histories = [list(h or []) + [{"role": "user", "content": message}] for h in histories]
-        outputs = [h + [{"role": "assistant", "content": ""}] for h in histories]
-        reasoning, answers = [""] * len(labels), [""] * len(labels)
-        for i, label in enumerate(labels):  # one model after the other: a CPU cannot run two at once anyway
-            model, tokenizer = models[label]
-            for text in stream(model, tokenizer, histories[i], max_new_tokens, temperature):
-                outputs[i][-1]["content"] = text
-                reasoning[i], answers[i] = split_reasoning(text)
-                yield "", *outputs, *reasoning, *answers
-
-    def multiple_choice(passage, question, options_text, gold, variant, temperature):
-        check_length(max_input_chars, passage=passage, question=question, options=options_text)
-        if not (question or "").strip():
-            raise UserError("the question is empty")
-        options = parse_options(options_text)
-        gold = (gold or "").strip().upper()
-        if gold and gold not in LETTERS[:len(options)]:
-            raise UserError(f"the correct answer must be one of {', '.join(LETTERS[:len(options)])} (or left empty)")
-        record = {"context": passage or "", "question": question, "options": options}
-        reasoning, answers = [""] * len(labels), [""] * len(labels)
-        for i, label in enumerate(labels):
-            model, tokenizer = models[label]
-            for text in stream(model, tokenizer, build_messages(record, variant), max_new_tokens, temperature):
-                # the reasoning, or the raw reply when the model used no tags (so a miss can be read)
-                reasoning[i] = split_reasoning(text)[0] or text
-                answers[i] = "…"
-                yield *reasoning, *answers
-            answers[i] = verdict(text, options, gold, variant, reward_weights)
-            yield *reasoning, *answers
-
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"# {title}\nModels: {', '.join(f'**{label}**' for label in labels)}. Everything runs on this "
                     f"machine; input is limited to {max_input_chars:,} characters.")
         temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.1, label="temperature (0 = greedy)")
-        with gr.Tab("Multiple choice"):
-            with gr.Row():
-                with gr.Column():
-                    passage = gr.Textbox(label="Passage", lines=8, elem_id="passage")
-                    question = gr.Textbox(label="Question", elem_id="question")
-                    options = gr.Textbox(label="Options, one per line", lines=4, elem_id="options")
-                    with gr.Row():
-                        gold = gr.Textbox(label="Correct letter (optional, to score)", max_lines=1, elem_id="gold")
-                        variant = gr.Radio(["cot", "direct"], value="cot", label="prompt")
-                    ask = gr.Button("Answer", variant="primary", elem_id="ask")
-                mc_reasoning, mc_answer = [], []
-                for label in labels:
-                    with gr.Column():
-                        gr.Markdown(f"### {label}")
-                        mc_reasoning.append(gr.Textbox(label=f"{label}: reasoning", lines=8, elem_id=f"mc-reasoning-{label}"))
-                        mc_answer.append(gr.Textbox(label=f"{label}: answer", elem_id=f"mc-answer-{label}"))
-            ask.click(guard(multiple_choice), [passage, question, options, gold, variant, temperature],
-                      mc_reasoning + mc_answer)
-        with gr.Tab("Chat"):
-            histories, chat_reasoning, chat_answer = [], [], []
-            with gr.Row():
-                for label in labels:
-                    with gr.Column():
-                        histories.append(gr.Chatbot(label=label, height=320, elem_id=f"chat-{label}"))
-                        chat_reasoning.append(gr.Textbox(label=f"{label}: reasoning", lines=3,
-                                                         elem_id=f"chat-reasoning-{label}"))
-                        chat_answer.append(gr.Textbox(label=f"{label}: final answer", elem_id=f"chat-answer-{label}"))
-            message = gr.Textbox(label="Message", placeholder="Ask something, then press Enter", elem_id="message")
-            message.submit(guard(chat), [message, temperature, *histories],
-                           [message, *histories, *chat_reasoning, *chat_answer])
-            gr.Button("Clear").click(lambda: [[] for _ in labels] + [""] * 2 * len(labels), None,
-                                     [*histories, *chat_reasoning, *chat_answer])
+        _multiple_choice_tab(gr, labels, temperature, functools.partial(
+            multiple_choice_replies, models, reward_weights, max_input_chars, max_new_tokens))
+        _chat_tab(gr, labels, temperature, functools.partial(chat_replies, models, max_input_chars, max_new_tokens))
     return app
 
 

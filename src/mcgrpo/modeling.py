@@ -38,7 +38,7 @@ def torch_dtype(name: str) -> torch.dtype:
 def check_local_path(name: str, what: str = "model.name") -> None:
     """A name that is meant as a local path fails at once, not after a minute of Hub retries.
 
-    Local: it starts with . / ~, ends in .gguf, or its first path part exists here (models/tiny-gema when
+    Local: it starts with . / ~, ends in .gguf, or its first path part exists here (models/tiny-gemma when
     models/ exists). Hub ids are "org/name", and "org" is not a folder in the project.
     """
     path = Path(name).expanduser()
@@ -116,42 +116,10 @@ def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None):
         # Unsloth is the training backend only: its inference path is slower than plain transformers for
         # batched eval (benchmarks/README.md), so eval never uses it.
         backend = "transformers"
-    dtype = torch_dtype(p.dtype)
     if backend == "unsloth":
-        from unsloth import FastLanguageModel
-
-        try:
-            model, tokenizer = FastLanguageModel.from_pretrained(
-                model_name=p.name, revision=p.revision, max_seq_length=p.max_seq_length, dtype=dtype,
-                load_in_4bit=False, trust_remote_code=p.trust_remote_code)
-        except (OSError, ValueError) as err:
-            raise _load_error("model.name", p.name, err) from None
-        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor for multimodal checkpoints
-        peft_config = None
-        model = FastLanguageModel.get_peft_model(
-            model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=lora.target_modules, use_gradient_checkpointing="unsloth", random_state=seed)
+        model, tokenizer, peft_config = _load_unsloth(p, lora, seed)
     else:
-        from transformers import AutoModelForCausalLM
-
-        tokenizer = load_tokenizer(p)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                p.name, revision=p.revision, dtype=dtype, attn_implementation=p.attn_implementation,
-                trust_remote_code=p.trust_remote_code)
-        except (OSError, ValueError) as err:
-            raise _load_error("model.name", p.name, err) from None
-        peft_config = None
-        if lora is not None:
-            from peft import LoraConfig
-
-            peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
-        elif adapter_dir:
-            model = _attach_adapter(model, adapter_dir)
-        if torch.cuda.is_available():
-            # one GPU per process under `accelerate launch` (LOCAL_RANK); cuda:0 otherwise
-            model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        model, tokenizer, peft_config = _load_transformers(p, lora, adapter_dir)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -159,4 +127,46 @@ def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if lora is None:
         model.eval()
+    return model, tokenizer, peft_config
+
+
+def _load_unsloth(p, lora, seed):
+    """Unsloth's model with its own LoRA applied (fused kernels, its gradient checkpointing): no peft_config."""
+    from unsloth import FastLanguageModel
+
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=p.name, revision=p.revision, max_seq_length=p.max_seq_length, dtype=torch_dtype(p.dtype),
+            load_in_4bit=False, trust_remote_code=p.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error("model.name", p.name, err) from None
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor for multimodal checkpoints
+    model = FastLanguageModel.get_peft_model(
+        model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, use_gradient_checkpointing="unsloth", random_state=seed)
+    return model, tokenizer, None
+
+
+def _load_transformers(p, lora, adapter_dir):
+    """The transformers model: with a LoraConfig for TRL to apply (training), or with the adapter merged in."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(p)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            p.name, revision=p.revision, dtype=torch_dtype(p.dtype), attn_implementation=p.attn_implementation,
+            trust_remote_code=p.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error("model.name", p.name, err) from None
+    peft_config = None
+    if lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    elif adapter_dir:
+        model = _attach_adapter(model, adapter_dir)
+    if torch.cuda.is_available():
+        # one GPU per process under `accelerate launch` (LOCAL_RANK); cuda:0 otherwise
+        model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     return model, tokenizer, peft_config
