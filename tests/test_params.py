@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from mcgrpo.errors import UserError
-from mcgrpo.params import Params, load_params, parse_params
+from mcgrpo.params import Params, TrainParams, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +100,19 @@ def test_write_params_validates_before_writing(tmp_path):
     assert read_raw_params(path) == {"train": {"learning_rate": 1e-05}}  # left as it was
     assert write_params(path, deep_merge(raw, {"train": {"beta": 0.1}})).train.beta == 0.1
     assert read_raw_params(path) == {"train": {"learning_rate": 1e-05, "beta": 0.1}}
+
+
+def test_auto_backend_trains_through_transformers_where_the_fast_rollouts_apply(monkeypatch):
+    """Under Unsloth the rollouts are TRL's own (~6x slower a step at the 1B shape): auto keeps the fast path,
+    and takes Unsloth (when installed, as faked here) only where the fast rollouts do not apply."""
+    from mcgrpo import modeling
+    from mcgrpo.training import rollout_engine, training_backend
+
+    monkeypatch.setattr(modeling, "pick_backend", lambda requested: "unsloth" if requested in ("auto", "unsloth")
+                        else requested)
+    for tp, backend in [(TrainParams(), "transformers"), (TrainParams(rollout_engine="fast"), "transformers"),
+                        (TrainParams(top_p=0.9), "unsloth"), (TrainParams(rollout_engine="hf"), "unsloth")]:
+        assert training_backend("auto", tp) == backend, tp
+    assert rollout_engine(TrainParams(), training_backend("auto", TrainParams())) == "fast"
+    assert training_backend("unsloth", TrainParams(rollout_engine="hf")) == "unsloth"  # asked for by name
+    assert training_backend("auto", TrainParams(num_processes=2)) == "transformers"

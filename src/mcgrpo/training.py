@@ -173,14 +173,28 @@ def accelerate_command(tp, script: str) -> list[str]:
             "--num_processes", str(tp.num_processes), "--num_machines", "1", script]
 
 
+def fast_rollouts_apply(tp) -> bool:
+    """Whether this run's rollouts can be the project's fast ones on the transformers backend."""
+    vllm = tp.use_vllm and importlib.util.find_spec("vllm") is not None
+    return tp.rollout_engine in ("auto", "fast") and tp.top_p >= 1 and not vllm
+
+
 def training_backend(requested_backend: str, tp) -> str:
-    """Unsloth trains on one GPU only: several processes always use transformers + peft under accelerate."""
+    """The backend the train stage uses.
+
+    `auto` trains through transformers whenever the fast rollouts apply: under Unsloth the rollouts are TRL's
+    own, and a GRPO step at the 1B shape took ~6x longer there at steady state, after minutes of compilation
+    (benchmarks/README.md); Unsloth is picked when they do not apply (top-p sampling, another rollout engine).
+    Unsloth trains on one GPU only: several processes always use transformers + peft under accelerate.
+    """
     from mcgrpo.modeling import pick_backend
 
     if tp.num_processes > 1:
         if requested_backend == "unsloth":
             raise UserError("model.backend=unsloth trains on one GPU only; for train.num_processes > 1 set "
                             "model.backend to auto or transformers")
+        return "transformers"
+    if requested_backend == "auto" and fast_rollouts_apply(tp):
         return "transformers"
     return pick_backend(requested_backend)
 
