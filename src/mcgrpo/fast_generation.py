@@ -352,8 +352,7 @@ class StaticGenerator:
         tokens, finished = self._prefill(ids, n, pad_token_id, eos, noise)
         if marks:
             marks[1].record()
-        out = self._decode_loop(tokens, finished, prompt_len, max_new_tokens, pad_token_id, eos, noise,
-                                sampling=temperature > 0)
+        out = self._decode_loop(tokens, finished, prompt_len, max_new_tokens, pad_token_id, eos, noise)
         if marks:
             marks[2].record()
             self._marks.append(marks)
@@ -371,9 +370,9 @@ class StaticGenerator:
         return ids
 
     def _noise(self, temperature: float, generator):
-        """A function that refills the sampling noise in place and returns it (None when greedy)."""
+        """A function that refills the sampling noise in place and returns it; None when greedy."""
         if temperature <= 0:
-            return lambda: None
+            return None
         self._temperature.fill_(temperature)
         if self._uniform is None:
             self._uniform = torch.empty((self.batch_size, self.model.config.vocab_size), device=self.device)
@@ -391,21 +390,21 @@ class StaticGenerator:
         logits = self._forward(ids, prefill_masks(mask, self.kinds, self.window), positions, self._prefill_layer)
         finished = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
         finished[n:] = True
-        tokens = torch.where(finished, pad_token_id, self._pick(logits, self._temperature, noise()))
+        tokens = torch.where(finished, pad_token_id, self._pick(logits, self._temperature, noise() if noise else None))
         self._tokens.copy_(tokens)
         self._positions.copy_(positions[:, -1] + 1)
         self._cache_position.fill_(prompt_len)
         return tokens, finished | _is_any_of(tokens, eos)
 
-    def _decode_loop(self, tokens, finished, prompt_len: int, max_new_tokens: int, pad_token_id: int, eos, noise,
-                     sampling: bool):
+    def _decode_loop(self, tokens, finished, prompt_len: int, max_new_tokens: int, pad_token_id: int, eos, noise):
         """One decode step per new token (a CUDA graph replay where recorded), until max_new_tokens or every row
         has finished (checked every check_every steps: the only host sync)."""
         out = [tokens]
         for step in range(1, max_new_tokens):
             self._mask[:, prompt_len + step - 1] = 1  # the previous token's cache slot
-            noise()
-            tokens = torch.where(finished, pad_token_id, self._decode(sampling))
+            if noise:
+                noise()
+            tokens = torch.where(finished, pad_token_id, self._decode(noise is not None))
             finished = finished | _is_any_of(tokens, eos)
             out.append(tokens)
             self._tokens.copy_(tokens)

@@ -173,12 +173,6 @@ def accelerate_command(tp, script: str) -> list[str]:
             "--num_processes", str(tp.num_processes), "--num_machines", "1", script]
 
 
-def fast_rollouts_apply(tp) -> bool:
-    """Whether this run's rollouts can be the project's fast ones on the transformers backend."""
-    vllm = tp.use_vllm and importlib.util.find_spec("vllm") is not None
-    return tp.rollout_engine in ("auto", "fast") and tp.top_p >= 1 and not vllm
-
-
 def training_backend(requested_backend: str, tp) -> str:
     """The backend the train stage uses.
 
@@ -194,7 +188,7 @@ def training_backend(requested_backend: str, tp) -> str:
             raise UserError("model.backend=unsloth trains on one GPU only; for train.num_processes > 1 set "
                             "model.backend to auto or transformers")
         return "transformers"
-    if requested_backend == "auto" and fast_rollouts_apply(tp):
+    if requested_backend == "auto" and rollout_engine(tp, "transformers") == "fast":  # the fast rollouts apply
         return "transformers"
     return pick_backend(requested_backend)
 
