@@ -27,7 +27,7 @@ def main():
                        stop_ids=stop_token_ids(tokenizer, rp.variant))
     rows = [{"id": r["id"], "context": r["context"], "question": r["question"], "options": r["options"],
              "answer": r["answer"], "completion": out["text"],
-             **judge(out["text"], r["answer"], len(r["options"]), rp.variant)}
+             **judge(out["text"], r["answer"], len(r["options"]), rp.variant, r["options"])}
             for r, out in zip(repeated, outputs)]
     artifact, metrics, bins = fit_reward_model(rows, rp)
     write_jsonl(paths.REWARD_DATA, rows)

@@ -33,3 +33,29 @@ def test_gemma_chat_template(tiny_model_dir, records):
     folded = tok.apply_chat_template([{"role": "system", "content": "SYS"}, {"role": "user", "content": "hi"}],
                                      tokenize=False, add_generation_prompt=True)
     assert folded == "<bos><start_of_turn>user\nSYS\n\nhi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_completion_option_layout_shots_and_cue(records):
+    # options unlettered, shots answered with the right option's text, and a cue that opens the answer's bullet
+    from mcgrpo.prompts import completion_text
+
+    shot, question = records[0], records[1]
+    text = completion_text(question, "completion_option", [shot])
+    right = shot["options"]["ABCD".index(shot["answer"])]
+    assert f"Options:\n- {question['options'][0]}\n" in text and "\nA. " not in text
+    assert f"Answer:\n- {right}\n\nArticle: " in text
+    assert text.endswith(f"- {question['options'][-1]}\nAnswer:\n-")
+    lettered = completion_text(question, "completion_direct", [shot])
+    assert f"Answer: {shot['answer']}\n\n" in lettered and lettered.endswith("\nAnswer:")
+
+
+def test_one_line_variants_stop_at_a_newline(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from mcgrpo.prompts import stop_token_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    one_line = stop_token_ids(tok, "completion_option")
+    assert one_line and one_line == stop_token_ids(tok, "completion_direct")
+    assert all("\n" in tok.decode([i]) for i in one_line) and set(stop_token_ids(tok, "completion_cot")) < set(one_line)
+    assert stop_token_ids(tok, "cot") == []

@@ -58,11 +58,12 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     assert "Stage 'train' didn't change" in test_log and "Running stage 'train'" not in test_log
     assert "Running stage 'evaluate'" in test_log
     comparison = read_metrics(repo / "metrics/comparison.json")
-    assert "completion_direct" in comparison and comparison["completion_direct"]["n_paired"] == 8
+    assert {"completion_direct", "completion_option", "completion_cot"} <= set(comparison)
+    assert comparison["completion_option"]["n_paired"] == 8  # the trained variant
     stats = json.loads((repo / "data/prepared/stats.json").read_text())
     assert stats["eval"]["n"] == 8 and stats["train"]["n"] == 8
     metrics = json.loads((out / "peer_defaults" / "metrics.json").read_text())
-    assert metrics["settings"]["max_steps"] == 2 and "completion_direct" in metrics["comparison"]
+    assert metrics["settings"]["max_steps"] == 2 and "completion_option" in metrics["comparison"]
     assert not (out / "peer_lora").exists()  # REAL_RUN_PEERS chose which peers run
     with tarfile.open(out / "results.tgz") as tar:
         assert {"metrics/comparison.json", "reports/report.md"} <= set(tar.getnames())

@@ -149,3 +149,48 @@ def test_score_cli_bad_line_names_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mcgrpo.cli", "score", str(f)], text=True, capture_output=True)
     assert proc.returncode == 2
     assert f"{f}:2" in proc.stderr and "answer" in proc.stderr
+
+
+OPTIONS = ["the boy went home", "the girl went to school", "they stayed at the park", "nobody knows"]
+
+
+@pytest.mark.parametrize("text,expected,in_format", [
+    (" the girl went to school\n- they stayed", "B", True),      # the first line only
+    ("The Girl went  to school.", "B", False),                    # lenient match, not the strict form
+    (" they stayed at the", "C", False),                          # a truncated copy still names C
+    (" a dragon ate the moon", None, False),                      # a new sentence
+    ("", None, False),
+    (" D", None, False),                                          # letters are not this variant's answers
+])
+def test_completion_option_reads_the_restated_option(text, expected, in_format):
+    from mcgrpo.rewards import judge
+
+    assert judge(text, "B", 4, "completion_option", OPTIONS) == {
+        "pred": expected, "correct": expected == "B", "format_ok": in_format}
+
+
+def test_completion_option_refuses_a_tie():
+    from mcgrpo.rewards import match_option
+
+    assert match_option("car", ["red car", "blue car"]) is None and match_option("red car", ["red car", "car"]) == "A"
+
+
+def test_completion_option_rewards_take_the_options_column():
+    # TRL passes dataset columns as lists, one per completion; without options the variant cannot be judged
+    completions = [" the girl went to school", " nobody knows", " the boy"]
+    kwargs = dict(answer=["B", "B", "C"], n_options=[4] * 3, variant=["completion_option"] * 3, options=[OPTIONS] * 3)
+    assert correctness_reward(completions, **kwargs) == [1.0, 0.0, 0.0]
+    assert format_reward(completions, **kwargs) == [1.0, 1.0, 0.0]
+    assert mc_reward(completions, **kwargs, weights={"correct": 1.0, "format": 0.5}) == [1.5, 0.5, 0.0]
+    with pytest.raises(ValueError, match="pass options"):
+        correctness_reward(completions, answer=["B"] * 3, variant="completion_option")
+
+
+def test_score_cli_needs_options_for_completion_option(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"completion": " nobody knows", "answer": "D", "variant": "completion_option",
+                                "options": OPTIONS}) + "\n"
+                    + json.dumps({"completion": " nobody knows", "answer": "D", "variant": "completion_option"}) + "\n")
+    out = subprocess.run([sys.executable, "-m", "mcgrpo.cli", "score", str(rows)], capture_output=True, text=True)
+    assert out.returncode != 0 and json.loads(out.stdout.splitlines()[0])["correct"] is True
+    assert f"{rows}:2" in out.stderr and "add the options" in out.stderr

@@ -202,7 +202,7 @@ def verdict(text: str, options: list[str], gold: str, variant: str, reward_weigh
     shown = f"{letter}) {options[LETTERS.index(letter)]}" if letter else "no answer found"
     if not gold:
         return shown
-    score = score_completion(text, gold, len(options), variant, reward_weights)
+    score = score_completion(text, gold, len(options), variant, reward_weights, options)
     return f"{shown} | {'correct' if score['correct'] else 'wrong'} (gold {gold}), reward {score['reward']:.2f}"
 
 

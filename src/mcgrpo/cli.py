@@ -10,10 +10,10 @@ from mcgrpo.errors import UserError
 
 
 def cmd_score(args) -> None:
-    """JSONL in (completion, answer, optional n_options/variant), JSONL out (pred, correct, format_ok, reward).
+    """JSONL in (completion, answer, optional n_options/variant/options), JSONL out (pred, correct, format_ok, reward).
     The reward weighs the rules with train.reward_weights from --params (the defaults outside a project)."""
     from mcgrpo.fileio import iter_jsonl
-    from mcgrpo.rewards import LETTERS, score_completion
+    from mcgrpo.rewards import LETTERS, OPTION_VARIANT, score_completion
 
     weights = train_params(args.params).rule_reward_weights
 
@@ -28,13 +28,18 @@ def cmd_score(args) -> None:
         if not (isinstance(completion, str) or is_messages):
             raise UserError(f"{where}: completion must be text (or a list of chat messages), got "
                             f"{type(completion).__name__}")
-        n_options = row.get("n_options", 4)
+        variant, options = row.get("variant", "cot"), row.get("options")
+        if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
+            raise UserError(f"{where}: options must be a list of option texts")
+        if variant == OPTION_VARIANT and options is None:
+            raise UserError(f"{where}: variant {OPTION_VARIANT} is answered with an option's text: add the options")
+        n_options = row.get("n_options", len(options) if options else 4)
         if not isinstance(n_options, int) or not 2 <= n_options <= len(LETTERS):
             raise UserError(f"{where}: n_options must be an integer from 2 to {len(LETTERS)}")
         answer = str(row["answer"]).strip().upper()
         if answer not in LETTERS[:n_options]:
             raise UserError(f"{where}: answer {row['answer']!r} is not one of {LETTERS[:n_options]}")
-        score = score_completion(row["completion"], answer, n_options, row.get("variant", "cot"), weights)
+        score = score_completion(row["completion"], answer, n_options, variant, weights, options)
         print(json.dumps(score), flush=True)
 
 

@@ -44,10 +44,10 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str,
         print(f"{model_label} / {variant}: {len(prompts)} prompts, {new_tokens} new tokens in {seconds:.1f} s "
               f"({new_tokens / seconds:.0f} tok/s){memory}{split}")
         for record, out in zip(records, outputs):
-            score = judge(out["text"], record["answer"], len(record["options"]), variant)
+            score = judge(out["text"], record["answer"], len(record["options"]), variant, record["options"])
             rows.append({"id": record["id"], "variant": variant, "model": model_label, "source": record["source"],
                          "kind": question_kind(record["question"]), "answer": record["answer"],
-                         "n_options": len(record["options"]), **score,
+                         "n_options": len(record["options"]), "options": record["options"], **score,
                          "n_tokens": out["n_tokens"], "reasoning_words": len(reasoning_text(out["text"]).split()),
                          "finished": out["finished"], "completion": out["text"]})
     return rows

@@ -113,7 +113,8 @@ def plot_reward_distribution(path, base_rows: list[dict], tuned_rows: list[dict]
     for rows in (base_rows, tuned_rows):
         rows = [r for r in rows if r["variant"] == variant]
         values.append(mc_reward([r["completion"] for r in rows], [r["answer"] for r in rows],
-                                [r["n_options"] for r in rows], weights=weights, variant=variant))
+                                [r["n_options"] for r in rows], weights=weights, variant=variant,
+                                options=[r.get("options") for r in rows]))
     top = max([max(v) for v in values if v] + [1.0])
     ax.hist(values, bins=12, range=(0, top), label=[label for _, label in MODELS])
     ax.set_xlabel(f"reward per completion ({variant} prompt)")

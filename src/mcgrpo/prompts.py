@@ -3,10 +3,12 @@
 Two families:
 - chat variants (`direct`, `cot`) for instruction-tuned models: one user turn rendered by the tokenizer's
   own chat template (Gemma has no system role, so the instructions open the user turn);
-- completion variants (`completion_direct`, `completion_cot`) for pretrained models, which have no chat
-  template and under one only repeat the instructions: plain text that ends where the answer starts
+- completion variants (`completion_direct`, `completion_option`, `completion_cot`) for pretrained models, which
+  have no chat template and under one only repeat the instructions: plain text that ends where the answer starts
   ("Article: ... Question: ... A. ... Answer:"), optionally after k solved examples from the train split
-  (prepare.n_shots). The reasoning form asks for reasoning, then a fixed final line "Answer: X".
+  (prepare.n_shots). completion_option lists the options unlettered ("- ...") and is answered with an option's own
+  words: a small pretrained model's letters are at chance, but it copies options (rewards.OPTION_VARIANT).
+  The reasoning form asks for reasoning, then a fixed final line "Answer: X".
 
 A completion model does not stop by itself: it writes the answer and goes on with a new question.
 `rewards.answer_span` cuts a completion to the part its variant asks for, and `stop_token_ids` lets
@@ -14,7 +16,7 @@ generation stop there; training rewards and evaluation both judge the cut text, 
 """
 
 from mcgrpo.errors import UserError
-from mcgrpo.rewards import COMPLETION_PREFIX, LETTERS
+from mcgrpo.rewards import COMPLETION_PREFIX, LETTERS, ONE_LINE_VARIANTS, OPTION_VARIANT
 
 INSTRUCTIONS = {
     "direct": (
@@ -27,6 +29,7 @@ INSTRUCTIONS = {
         "Then give only the letter of the correct option inside <answer> </answer>."
     ),
     "completion_direct": "",  # the layout alone says what comes next: "Answer:" and a letter
+    "completion_option": "",  # "Answer:" and one option's text
     "completion_cot": (
         "Answer the question about the article. Explain your reasoning in one paragraph, then write "
         "the final line \"Answer: \" followed by the letter of the correct option."
@@ -36,7 +39,9 @@ VARIANTS = tuple(INSTRUCTIONS)
 CHAT_VARIANTS = ("direct", "cot")
 COMPLETION_VARIANTS = tuple(v for v in VARIANTS if v.startswith(COMPLETION_PREFIX))
 # Where the model's text starts, after the question (a completion prompt ends with it).
-_CUE = {"completion_direct": "Answer:", "completion_cot": "Reasoning:"}
+# completion_option's cue opens a bullet: after a bare "Answer:" the model starts a new line, which would end the
+# answer before it begins (a one-line answer stops at its first newline).
+_CUE = {"completion_direct": "Answer:", "completion_option": "Answer:\n-", "completion_cot": "Reasoning:"}
 
 
 def is_chat(variant: str) -> bool:
@@ -72,19 +77,30 @@ def build_messages(record: dict, variant: str) -> list[dict]:
     return [{"role": "user", "content": f"{instructions(record, variant)}\n\n{format_question(record)}"}]
 
 
-def completion_question(record: dict) -> str:
-    """One question in the completion layout (as lm-evaluation-harness lays out RACE, options lettered)."""
-    options = "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(record["options"]))
+def completion_question(record: dict, variant: str = "completion_direct") -> str:
+    """One question in the completion layout (as lm-evaluation-harness lays out RACE): options lettered, or for
+    completion_option listed unlettered under "Options:"."""
+    if variant == OPTION_VARIANT:
+        options = "Options:\n" + "\n".join(f"- {text}" for text in record["options"])
+    else:
+        options = "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(record["options"]))
     passage = f"Article: {record['context']}\n\n" if record.get("context") else ""
     return f"{passage}Question: {record['question']}\n{options}\n"
+
+
+def shot_answer(shot: dict, variant: str) -> str:
+    """A solved example's answer: "Answer: B", or for completion_option the correct option's text as a bullet."""
+    if variant == OPTION_VARIANT:
+        return f"{_CUE[variant]} {shot['options'][LETTERS.index(shot['answer'])]}"
+    return f"Answer: {shot['answer']}"
 
 
 def completion_text(record: dict, variant: str, shots: list[dict] = ()) -> str:
     """A completion prompt without <bos>: instructions, solved shots, then the question and its cue."""
     head = instructions(record, variant)
     # Shots show the answer line only: RACE has no written reasoning to show.
-    solved = "".join(f"{completion_question(s)}Answer: {s['answer']}\n\n" for s in shots)
-    return (f"{head}\n\n" if head else "") + solved + completion_question(record) + _CUE[variant]
+    solved = "".join(f"{completion_question(s, variant)}{shot_answer(s, variant)}\n\n" for s in shots)
+    return (f"{head}\n\n" if head else "") + solved + completion_question(record, variant) + _CUE[variant]
 
 
 def render_prompt(tokenizer, record: dict, variant: str, shots: list[dict] = ()) -> str:
@@ -114,12 +130,13 @@ def trainer_prompt(record: dict, variant: str, shots: list[dict] = ()):
 def stop_token_ids(tokenizer, variant: str) -> list[int]:
     """Tokens, besides end-of-sequence, after which a completion of this variant is over.
 
-    completion_direct ends with its line (any token holding a newline); completion_cot with its paragraph
-    and final line (any token holding a blank line). Chat variants end at <end_of_turn>, already a stop.
+    completion_direct and completion_option end with their line (any token holding a newline); completion_cot
+    with its paragraph and final line (any token holding a blank line). Chat variants end at <end_of_turn>,
+    already a stop.
     """
     if is_chat(variant):
         return []
-    mark = "\n" if variant == "completion_direct" else "\n\n"
+    mark = "\n" if variant in ONE_LINE_VARIANTS else "\n\n"
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     # byte-level BPE spells a newline "Ċ"; SentencePiece spells it as itself
     return sorted(i for i, piece in enumerate(pieces)

@@ -40,6 +40,11 @@ _FINAL_LINE_FORMAT = re.compile(r"^\s*(?P<reasoning>\S.*?)\n[ \t]*Answer\s*:\s*\
 _FINAL_LINE = re.compile(r"^[ \t]*(?:final\s+)?answer\s*:[^\n]*", re.I | re.M)
 _NEW_EXAMPLE = re.compile(r"\n\s*(?:Article|Question|Passage)\s*:")
 COMPLETION_PREFIX = "completion_"  # prompt variants for pretrained models (prompts.COMPLETION_VARIANTS)
+# completion_option answers with the option's own words, not its letter: a small pretrained model cannot tie a
+# letter to an option (its letters are at chance on RACE) but does copy an option, and which one it copies can be
+# learnt. Both one-line variants end with their first line.
+OPTION_VARIANT = "completion_option"
+ONE_LINE_VARIANTS = ("completion_direct", OPTION_VARIANT)
 
 
 def completion_text(completion) -> str:
@@ -100,18 +105,44 @@ def extract_answer(text, n_options: int = 4) -> str | None:
     return letter
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def match_option(text: str, options: list[str]) -> str | None:
+    """The letter of the option a one-line answer restates, or None.
+
+    Word overlap (F1 over word sets) with the best option must be at least 0.6 and above every other option's:
+    a truncated or lightly reworded copy counts, a blend of two options or a new sentence does not.
+    """
+    said = _words(text)
+    if not said:
+        return None
+    scores = [2 * len(said & words) / (len(said) + len(words)) if words else 0.0 for words in map(_words, options)]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    if scores[best] < 0.6 or sorted(scores)[-2] == scores[best]:
+        return None
+    return LETTERS[best]
+
+
+def _restates_option(text: str, options: list[str]) -> bool:
+    """completion_option's strict form: the line is one option, whole (case, spacing and a leading "- " aside)."""
+    line = " ".join(re.sub(r"^[-*\s]+", "", text).split()).lower()
+    return any(line == " ".join(o.split()).lower() for o in options)
+
+
 def answer_span(text, variant: str = "cot") -> str:
     """The part of a completion its prompt variant asks for.
 
     A pretrained model given a completion prompt writes its answer, then goes on with a new question:
-    completion_direct keeps the first line; completion_cot keeps everything up to the end of the first
+    completion_direct and completion_option keep the first line; completion_cot keeps everything up to the end of the first
     "Answer: ..." line, or up to the next question when there is none. Chat variants keep all of it.
     """
     text = completion_text(text)
     if not variant.startswith(COMPLETION_PREFIX):
         return text
     text = text.strip()
-    if variant == "completion_direct":
+    if variant in ONE_LINE_VARIANTS:
         return text.split("\n", 1)[0].strip()
     match = _FINAL_LINE.search(text)
     if match:
@@ -128,9 +159,11 @@ def reasoning_text(text: str) -> str:
     return re.sub(r"<answer>.*?</answer>", "", text, flags=re.S).strip()
 
 
-def follows_format(text: str, variant: str = "cot") -> bool:
-    """Did the completion answer in the form the prompt variant asked for?"""
+def follows_format(text: str, variant: str = "cot", options: list[str] | None = None) -> bool:
+    """Did the completion answer in the form the prompt variant asked for? (completion_option needs the options.)"""
     text = answer_span(text, variant)
+    if variant == OPTION_VARIANT:
+        return _restates_option(text, _needed(options))
     if variant in ("direct", "completion_direct"):
         return _BARE.match(text) is not None and len(text.strip()) <= 12
     if variant == "completion_cot":
@@ -141,6 +174,21 @@ def follows_format(text: str, variant: str = "cot") -> bool:
 # --- rewards: TRL signature, one float per completion -------------------------------------------
 
 
+def _needed(options):
+    if options is None:
+        raise ValueError(f"prompt variant {OPTION_VARIANT!r} is judged against the option texts: pass options")
+    return options
+
+
+def declared_answer(text, variant: str = "cot", n_options: int = 4, options: list[str] | None = None) -> str | None:
+    """The letter a completion answers with, read from the part its variant asks for (its answer_span):
+    the declared letter, or for completion_option the option its line restates."""
+    span = answer_span(text, variant)
+    if variant == OPTION_VARIANT:
+        return match_option(span, _needed(options))
+    return extract_answer(span, n_options)
+
+
 def _variants(variant, n: int) -> list[str]:
     """TRL passes dataset columns as lists (one entry per completion); plain calls may pass one name or none."""
     if variant is None or isinstance(variant, str):
@@ -148,17 +196,20 @@ def _variants(variant, n: int) -> list[str]:
     return list(variant)
 
 
-def correctness_reward(completions, answer, n_options=None, variant=None, **kwargs) -> list[float]:
-    """1.0 when the declared letter (in the part the prompt variant asks for) equals the gold letter, else 0.0."""
-    n_options = n_options or [4] * len(completions)
-    return [float(extract_answer(answer_span(c, v), n) == gold)
-            for c, gold, n, v in zip(completions, answer, n_options, _variants(variant, len(completions)))]
+def correctness_reward(completions, answer, n_options=None, variant=None, options=None, **kwargs) -> list[float]:
+    """1.0 when the answer read from the completion (`declared_answer`) is the gold letter, else 0.0."""
+    n = len(completions)
+    n_options, options = n_options or [4] * n, options or [None] * n
+    return [float(declared_answer(c, v, k, o) == gold)
+            for c, gold, k, v, o in zip(completions, answer, n_options, _variants(variant, n), options)]
 
 
-def format_reward(completions, variant=None, **kwargs) -> list[float]:
+def format_reward(completions, variant=None, options=None, **kwargs) -> list[float]:
     """1.0 when the completion has its variant's form (cot: exactly `<reasoning>...</reasoning><answer>X</answer>`;
-    direct: the letter alone; completion_cot: reasoning, then a final line `Answer: X`), else 0.0."""
-    return [float(follows_format(c, v)) for c, v in zip(completions, _variants(variant, len(completions)))]
+    direct: the letter alone; completion_cot: reasoning, then a final line `Answer: X`; completion_option: one
+    option's text, whole), else 0.0."""
+    options = options or [None] * len(completions)
+    return [float(follows_format(c, v, o)) for c, v, o in zip(completions, _variants(variant, len(completions)), options)]
 
 
 def tag_count_reward(completions, **kwargs) -> list[float]:
@@ -184,13 +235,15 @@ def mc_reward(completions, answer, n_options=None, *, weights: dict, variant=Non
     return total
 
 
-def judge(completion, answer: str, n_options: int = 4, variant: str = "cot") -> dict:
-    """The letter one completion declares (in its variant's answer_span), whether it is right, whether in format."""
-    pred = extract_answer(answer_span(completion, variant), n_options)
-    return {"pred": pred, "correct": pred is not None and pred == answer, "format_ok": follows_format(completion, variant)}
+def judge(completion, answer: str, n_options: int = 4, variant: str = "cot", options: list[str] | None = None) -> dict:
+    """The letter one completion answers with (`declared_answer`), whether it is right, whether in format."""
+    pred = declared_answer(completion, variant, n_options, options)
+    return {"pred": pred, "correct": pred is not None and pred == answer,
+            "format_ok": follows_format(completion, variant, options)}
 
 
-def score_completion(completion, answer: str, n_options: int, variant: str, weights: dict) -> dict:
+def score_completion(completion, answer: str, n_options: int, variant: str, weights: dict,
+                     options: list[str] | None = None) -> dict:
     """`judge` plus the weighted reward: what `mcgrpo score` and the chat page show."""
-    reward = mc_reward([completion], [answer], [n_options], weights=weights, variant=variant)[0]
-    return {**judge(completion, answer, n_options, variant), "reward": reward}
+    reward = mc_reward([completion], [answer], [n_options], weights=weights, variant=variant, options=[options])[0]
+    return {**judge(completion, answer, n_options, variant, options), "reward": reward}
