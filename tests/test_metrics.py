@@ -38,6 +38,7 @@ def test_letter_bias_is_total_variation_distance():
     m = summarize(rows)["cot"]
     assert m["pred_letters"] == {"A": 1.0, "B": 0.0, "C": 0.0, "D": 0.0} and m["gold_letters"] == {"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}
     assert m["letter_bias"] == 0.75
+    assert m["position_only_accuracy"] == 0.25 == m["accuracy"]  # always-A scores exactly what position gives
     unbiased = summarize([row(i, "cot", True, pred="ABCD"[i % 4], answer="ABCD"[i % 4]) for i in range(8)])
     assert unbiased["cot"]["letter_bias"] == 0.0
 
@@ -60,7 +61,9 @@ def test_mcnemar_exact_known_table():
     tuned = [True] * 9 + [False] + [True] * 5
     out = mcnemar_exact(base, tuned)
     assert out["fixed"] == 9 and out["broken"] == 1
-    assert out["p_value"] == pytest.approx(22 / 1024, abs=1e-6)
+    assert out["p_value"] == pytest.approx(22 / 1024, rel=1e-3)
+    # significant figures, not decimals: a whole test set's p far below 1e-6 must not read 0
+    assert mcnemar_exact([False] * 100, [True] * 100)["p_value"] == pytest.approx(2 * 0.5**100, rel=1e-3)
     assert mcnemar_exact([True, False], [True, False])["p_value"] == 1.0  # no discordant pairs
 
 
@@ -91,9 +94,17 @@ def test_metrics_files_keep_headlines_and_breakdowns_join_back(tmp_path):
     write_metrics(tmp_path / "comparison.json", comparison)
     headline = json.loads((tmp_path / "baseline.json").read_text())
     assert tuple(headline["cot"]) == HEADLINE_KEYS  # what `dvc metrics show` lists: no breakdowns, no counts
-    assert set(headline["loglik"]) == {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm", "letter_bias"}
+    assert set(headline["loglik"]) == {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm", "letter_bias",
+                                       "position_only_accuracy"}
     assert set(json.loads((tmp_path / "comparison.json").read_text())["cot"]) == \
         {"accuracy_delta", "accuracy_delta_ci_low", "accuracy_delta_ci_high", "p_value", "format_rate_delta"}
     rest = json.loads((tmp_path / "breakdowns" / "baseline.json").read_text())
     assert "by_source" in rest["cot"] and "n" in rest["cot"] and "accuracy" not in rest["cot"]
     assert read_metrics(tmp_path / "baseline.json") == summary and read_metrics(tmp_path / "comparison.json") == comparison
+
+
+def test_position_only_accuracy_counts_unanswered_and_letter_shares():
+    # gold A for 3 of 4 questions; the model answers 2 of 4, both "A": shares A 1.0, answered 0.5 -> 0.5 * 0.75
+    rows = [row(0, "cot", True, pred="A", answer="A"), row(1, "cot", False, pred="A", answer="B"),
+            row(2, "cot", False, pred=None, answer="A"), row(3, "cot", False, pred=None, answer="A")]
+    assert summarize(rows)["cot"]["position_only_accuracy"] == 0.375

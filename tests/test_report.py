@@ -1,6 +1,6 @@
 from mcgrpo.metrics import compare, summarize
 from mcgrpo.params import Params
-from mcgrpo.report import build_report, insights, select_examples
+from mcgrpo.report import build_report, insights, position_warning, select_examples
 
 
 def rec(i, context_len):
@@ -98,3 +98,11 @@ def test_train_summary_keeps_entropy_and_zero_std_share():
     assert summary["entropy_last10"] == round(sum(1.0 - i / 20 for i in range(10, 20)) / 10, 4)
     assert summary["frac_reward_zero_std_last10"] == round(sum(i / 20 for i in range(10, 20)) / 10, 4)
     assert "entropy_last10" not in _summary([{"reward": 0.3}], steps=1, resumed_from_step=0, runtime_s=1.0)
+
+
+def test_position_warning_when_accuracy_is_what_letter_shares_give():
+    # the real 270M's completion_option run: 0.256 against 0.2495 from its letter shares alone
+    warning = position_warning("completion_option", {"accuracy": 0.2564, "position_only_accuracy": 0.2495})
+    assert "0.256" in warning and "0.249" in warning and "not reading" in warning
+    assert position_warning("cot", {"accuracy": 0.40, "position_only_accuracy": 0.25}) is None
+    assert position_warning("cot", {"accuracy": 0.40}) is None  # metrics from before the key existed

@@ -68,6 +68,9 @@ def summarize(rows: list[dict]) -> dict:
             # total variation distance between predicted and gold letter shares: 0 = no position bias
             "letter_bias": round(sum(abs(pred_share.get(k, 0) - gold_share.get(k, 0)) for k in LETTERS) / 2, 4)
             if answered else None,
+            # what a model answering as often, with the same letter shares but blind to the question, would
+            # score: accuracy near it is position preference, not reading
+            "position_only_accuracy": round(len(answered) / n * sum(pred_share[k] * gold_share[k] for k in pred_share), 4),
             "pred_letters": pred_share,
             "gold_letters": gold_share,
             "by_source": _accuracy_by(items, "source"),
@@ -82,8 +85,9 @@ def summarize(rows: list[dict]) -> dict:
 # the rest (counts, breakdowns by source, kind and letter) goes to metrics/breakdowns/, which the report and plots
 # read too. Log-likelihood scoring always answers in format with no tokens, so those rates are left out for it.
 HEADLINE_KEYS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "format_rate", "answered_rate",
-                 "mean_completion_tokens", "letter_bias")
-LOGLIK_HEADLINE_KEYS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm", "letter_bias")
+                 "mean_completion_tokens", "letter_bias", "position_only_accuracy")
+LOGLIK_HEADLINE_KEYS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm", "letter_bias",
+                        "position_only_accuracy")
 COMPARISON_HEADLINE_KEYS = ("accuracy_delta", "accuracy_delta_ci_low", "accuracy_delta_ci_high", "p_value",
                             "format_rate_delta")
 
@@ -111,7 +115,8 @@ def mcnemar_exact(base_correct: list[bool], tuned_correct: list[bool]) -> dict:
     fixed = sum(1 for b, t in zip(base_correct, tuned_correct) if t and not b)
     broken = sum(1 for b, t in zip(base_correct, tuned_correct) if b and not t)
     p = binomtest(fixed, fixed + broken, 0.5).pvalue if fixed + broken else 1.0
-    return {"fixed": fixed, "broken": broken, "p_value": round(float(p), 6)}
+    # three significant figures, not decimals: on a whole test set p is often far below 1e-6, and 0.0 says nothing
+    return {"fixed": fixed, "broken": broken, "p_value": float(f"{p:.3g}")}
 
 
 def compare(base_rows: list[dict], tuned_rows: list[dict]) -> dict:

@@ -73,12 +73,24 @@ def insights(comparison: dict, base: dict, tuned: dict, train_metrics: dict, alp
             favourite = max(tuned[variant]["pred_letters"], key=tuned[variant]["pred_letters"].get)
             out.append(f"`{variant}`: the fine-tuned model leans on letter {favourite} (letter bias {bias:.2f}); "
                        "part of its accuracy may be position preference rather than reading.")
+        if warning := position_warning(variant, tuned.get(variant, {})):
+            out.append(warning)
     if train_metrics.get("reward_first") is not None:
         out.append(f"Training reward went from {train_metrics['reward_first']} (first step) to "
                    f"{train_metrics['reward_last10']} (mean of the last 10 steps) over {train_metrics['steps']} steps.")
     if warning := collapse_warning(train_metrics):
         out.append(warning)
     return out
+
+
+def position_warning(variant: str, m: dict, margin: float = 0.02) -> str | None:
+    """A sentence when the fine-tuned accuracy is within `margin` of what its letter shares alone would score."""
+    accuracy, position_only = m.get("accuracy"), m.get("position_only_accuracy")
+    if accuracy is None or position_only is None or accuracy - position_only >= margin:
+        return None
+    return (f"`{variant}`: the fine-tuned accuracy {accuracy:.3f} is within {margin} of {position_only:.3f}, what a "
+            "model answering as often with the same letter shares, blind to the question, would score "
+            "(`position_only_accuracy`): the model is not reading the passage better than chance.")
 
 
 def collapse_warning(train_metrics: dict, max_entropy: float = 0.05, min_frac_zero_std: float = 0.9) -> str | None:
