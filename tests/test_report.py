@@ -50,6 +50,15 @@ def test_report_has_every_section_with_numbers_from_metrics():
     assert "abc123.dir" in report and "![accuracy per variant](../plots/accuracy.png)" in report
     assert "tuned says 3" in report and "base says 5" in report  # example completions are quoted
     assert "https://huggingface.co/unsloth/gemma-3-1b-it" in report
+    # each reward's whole first docstring paragraph, not a first line cut mid-sentence
+    assert "completion_option: one option's text, whole), else 0.0." in report
+    assert "**last** declaration" in report and "restates" not in report
+    option_run = Params.model_validate({"train": {"variant": "completion_option"}})
+    option_report = build_report(params=option_run, stats=stats, base_metrics=base_m, tuned_metrics=tuned_m,
+                                 comparison=comparison, train_metrics=train, records=RECORDS, base_rows=BASE,
+                                 tuned_rows=TUNED, lock_hashes={}, plot_paths={})
+    assert "the option the completion's first line restates" in option_report
+    assert "options unlettered (`- ...`)" in option_report  # the trained variant's layout, in the prompt list
 
 
 def test_insights_state_significance():

@@ -35,6 +35,12 @@ INSTRUCTIONS = {
         "the final line \"Answer: \" followed by the letter of the correct option."
     ),
 }
+# What a variant without instructions shows instead (the report's prompt list)
+LAYOUTS = {
+    "completion_direct": "no instructions: options lettered `A.` to `D.`, the layout ends in `Answer:`, a letter follows",
+    "completion_option": "no instructions: options unlettered (`- ...`), the layout ends in `Answer:` and a new "
+                         "line's `-`, one option's own words follow",
+}
 VARIANTS = tuple(INSTRUCTIONS)
 CHAT_VARIANTS = ("direct", "cot")
 COMPLETION_VARIANTS = tuple(v for v in VARIANTS if v.startswith(COMPLETION_PREFIX))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from mcgrpo.metrics import format_comparison, format_metrics, markdown_table, training_rows
 from mcgrpo.params import LEARNED_REWARD
-from mcgrpo.prompts import INSTRUCTIONS, completion_text, format_question, is_chat
-from mcgrpo.rewards import REWARDS
+from mcgrpo.prompts import INSTRUCTIONS, LAYOUTS, completion_text, format_question, is_chat
+from mcgrpo.rewards import OPTION_VARIANT, REWARDS
 
 EXAMPLE_KINDS = {
     "improved": ("fixed by fine-tuning (base wrong, fine-tuned right)", lambda b, t: not b and t),
@@ -181,20 +181,28 @@ def _prompts_section(p, records) -> list[str]:
             "chat template; completion variants are plain text that ends where the answer starts, for pretrained "
             f"models ({p.prepare.n_shots} solved train question(s) shown first). Variants evaluated: "
             f"{', '.join(f'`{v}`' for v in p.eval.variants)}; trained: `{tp.variant}`.",
-            "\n".join(f"- **{name}**: {text or '(no instructions: the layout ends in `Answer:`)'}"
+            "\n".join(f"- **{name}**: {text or f'({LAYOUTS[name]})'}"
                       for name, text in INSTRUCTIONS.items() if name in p.eval.variants or name == tp.variant),
             f"Example of the trained prompt (`{tp.variant}`):",
             f"```text\n{_clip(example_prompt, 1200)}\n```"]
+
+
+def _first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph on one line (a first line alone can stop mid-sentence)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 
 def _reward_section(p, reward_model_metrics) -> list[str]:
     weights = p.train.reward_weights
     return ["## Reward",
             "`mc_reward` is a weighted sum of pure functions from `mcgrpo.rewards.REWARDS`:",
-            "\n".join(f"- `{name}` (weight {weights.get(name, 0)}): {(fn.__doc__ or '').strip().splitlines()[0]}"
+            "\n".join(f"- `{name}` (weight {weights.get(name, 0)}): {_first_paragraph(fn.__doc__)}"
                       for name, fn in REWARDS.items()),
-            "The answer letter is extracted from the **last** declaration (`<answer>C</answer>`, `Answer: C`, "
-            "`\\boxed{C}`, ...); two letters, or a letter outside the options, count as no answer.",
+            ("The answer is the option the completion's first line restates (word-overlap F1 at least 0.6 with it "
+             "and above every other option); a blend of two options, or new words, count as no answer."
+             if p.train.variant == OPTION_VARIANT else
+             "The answer letter is extracted from the **last** declaration (`<answer>C</answer>`, `Answer: C`, "
+             "`\\boxed{C}`, ...); two letters, or a letter outside the options, count as no answer."),
             *(["### Learned reward model", *reward_model_section(reward_model_metrics, p.reward_model,
                                                                   weights.get(LEARNED_REWARD, 0.0))]
               if reward_model_metrics else [])]
