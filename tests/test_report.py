@@ -107,6 +107,23 @@ def test_train_summary_keeps_entropy_and_zero_std_share():
     assert summary["entropy_last10"] == round(sum(1.0 - i / 20 for i in range(10, 20)) / 10, 4)
     assert summary["frac_reward_zero_std_last10"] == round(sum(i / 20 for i in range(10, 20)) / 10, 4)
     assert "entropy_last10" not in _summary([{"reward": 0.3}], steps=1, resumed_from_step=0, runtime_s=1.0)
+    assert "kl_max" not in summary  # beta 0: TRL logs no KL
+
+
+def test_kl_spikes_are_kept_and_called_out():
+    # the real 270M completion_option run: KL 0.2-0.7 a step, except 7.4e6 at step 83 and 1.6e10 at step 111
+    from mcgrpo.training import _summary
+
+    history = [{"reward": 0.4, "kl": 0.3, "step": i} for i in range(1, 121)]
+    history[82]["kl"], history[110]["kl"] = 7.4e6, 1.65e10
+    summary = _summary(history, steps=120, resumed_from_step=0, runtime_s=1.0)
+    assert summary["kl_spike_steps"] == "83,111" and summary["kl_spikes"] == 2 and summary["kl_max"] == 1.65e10
+    base = [pred(i, "cot", i % 4 == 0) for i in range(20)]
+    lines = insights(compare(base, base), summarize(base), summarize(base), summary)
+    assert any("KL spikes** at step(s) 83, 111" in line and "1.65e+10" in line for line in lines)
+    calm = _summary(history[:80], steps=80, resumed_from_step=0, runtime_s=1.0)
+    assert calm["kl_spikes"] == 0 and not any("KL spikes" in line for line in
+                                                    insights(compare(base, base), summarize(base), summarize(base), calm))
 
 
 def test_position_warning_when_accuracy_is_what_letter_shares_give():

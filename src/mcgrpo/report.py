@@ -80,6 +80,11 @@ def insights(comparison: dict, base: dict, tuned: dict, train_metrics: dict, alp
                    f"{train_metrics['reward_last10']} (mean of the last 10 steps) over {train_metrics['steps']} steps.")
     if warning := collapse_warning(train_metrics):
         out.append(warning)
+    if steps := train_metrics.get("kl_spike_steps"):
+        out.append(f"**KL spikes** at step(s) {steps.replace(',', ', ')} (largest KL estimate "
+                   f"{train_metrics['kl_max']:.3g}): the sampled tokens were near-impossible under the policy that "
+                   "sampled them, so rollouts and the training forward disagreed there, and each such step's update "
+                   "was driven by the KL term (README: When things go wrong).")
     return out
 
 

@@ -393,6 +393,9 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     return summary
 
 
+KL_SPIKE = 100.0
+
+
 def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtime_s: float, procs=None,
              rollout_seconds: list[float] | None = None) -> dict:
     history = [h for h in log_history if "reward" in h]
@@ -414,6 +417,13 @@ def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtim
         values = [h[key] for h in tail if key in h]
         if values:
             summary[name] = round(sum(values) / len(values), 4)
+    # A per-token KL estimate above KL_SPIKE means the sampled tokens were near-impossible under the policy that
+    # sampled them: rollouts and the training forward disagreed at that step (report.kl_spike_warning).
+    spikes = [h.get("step") for h in history if h.get("kl", 0) > KL_SPIKE]
+    if any("kl" in h for h in history):
+        summary["kl_max"] = float(f"{max(h.get('kl', 0) for h in history):.3g}")
+        summary["kl_spikes"] = len(spikes)
+        summary["kl_spike_steps"] = ",".join(map(str, spikes))  # a string: dvc metrics hold numbers and strings
     if rollout_seconds:  # fast rollouts time themselves: how much of a step is sampling, how much training
         later = (rollout_seconds[1:] or rollout_seconds)[-10:]  # the first call compiles
         summary["rollout_time_s_last10"] = round(sum(later) / len(later), 2)
