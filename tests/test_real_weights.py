@@ -107,6 +107,21 @@ def test_completion_prompt_is_answered_with_a_letter(real_model):
     assert out["finished"] and "\n" not in out["text"]
 
 
+def test_completion_option_prompt_is_answered_with_an_option(real_model):
+    # the pretrained model copies an option after the bullet cue (it is what GRPO then learns to choose from)
+    from mcgrpo.generation import generate
+    from mcgrpo.prompts import render_prompt, stop_token_ids
+    from mcgrpo.rewards import judge
+
+    model, tok = real_model
+    prompt = render_prompt(tok, RACE_LIKE, "completion_option")
+    out = generate(model, tok, [prompt], max_new_tokens=32, stop_ids=stop_token_ids(tok, "completion_option"),
+                   engine="hf")[0]
+    score = judge(out["text"], RACE_LIKE["answer"], 4, "completion_option", RACE_LIKE["options"])
+    assert score["pred"] is not None and score["format_ok"], out  # one whole option, cut at its line
+    assert out["finished"] and out["text"].strip() in RACE_LIKE["options"]
+
+
 @pytest.mark.gpu
 def test_bf16_sampling_is_safe_on_the_real_model(real_model):
     """Sampling at temperature 1 in bf16, as GRPO rollouts do: padded batches give finite logits, HF's
