@@ -21,7 +21,7 @@ demo: install
 
 test: install browser
 	$(PIP) install -q -r requirements-test.txt
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n 2 --dist loadfile   # two workers, one file each at a time (module fixtures stay shared)
 
 # The chat page's end-to-end test drives Debian's Chromium through Playwright (Playwright's own browser
 # download needs the internet). Installed with apt when missing; elsewhere point CHROMIUM at a Chromium.

@@ -1,5 +1,13 @@
+import os
+
 import pytest
 import torch
+
+# Under pytest-xdist (make test runs two workers on a 2-core machine), each worker and the dvc/python processes
+# its tests start use one thread: two workers of two threads each would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config, items):
