@@ -213,3 +213,35 @@ def test_grpo_config_takes_every_shared_train_param_by_name(tmp_path):
     assert config.cache_implementation == "static" and not config.use_vllm
     # every other TrainParams field is the project's own, not a GRPOConfig setting left behind by accident
     assert set(TrainParams.model_fields) - set(shared) == NOT_GRPO_FIELDS
+
+
+def test_hf_rollouts_agree_with_the_training_forward_past_the_sliding_window(tiny_model_params):
+    # TRL's own rollouts (rollout_engine=hf) sample with model.generate on left-padded prompts; the loss scores
+    # those tokens with one forward pass over prompt + completion (no cache, no position ids). A token sampled
+    # from logits the forward pass would not give is what a KL spike looks like (README: When things go wrong):
+    # check they agree when prompts and completions cross the tiny model's 128-token sliding window.
+    from mcgrpo.generation import encode_prompts, left_pad
+    from mcgrpo.prompts import render_prompt
+
+    model, tok, _ = load_model(tiny_model_params)
+    with torch.no_grad():  # random init attends almost uniformly, blind to positions: sharpen it so they matter
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.fill_(3.0)
+            layer.self_attn.k_norm.weight.fill_(3.0)
+    base = make_synthetic_mc(3, seed=4)
+    records = [{**r, "context": r["context"] * k} for r, k in zip(base, (1, 4, 9))]
+    prompts = encode_prompts(tok, [render_prompt(tok, r, "completion_option") for r in records])
+    assert min(map(len, prompts)) < 128 < max(map(len, prompts))
+    ids, mask = left_pad(prompts, tok.pad_token_id, torch.device("cpu"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                             max_new_tokens=48, min_new_tokens=48, remove_invalid_values=True, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+        completion = out.sequences[:, ids.shape[1]:]
+        sampled = torch.stack(out.logits, 1).log_softmax(-1).gather(2, completion[..., None])[..., 0]
+        full_mask = torch.cat([mask, torch.ones_like(completion)], 1)
+        logits = model(input_ids=out.sequences, attention_mask=full_mask).logits[:, ids.shape[1] - 1:-1]
+        scored = logits.log_softmax(-1).gather(2, completion[..., None])[..., 0]
+    assert torch.isfinite(scored).all()
+    assert (scored - sampled).abs().max() < 1e-3
