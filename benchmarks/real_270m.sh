@@ -55,7 +55,7 @@ test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eva
 # The default dev settings: two learning rates, both with a KL anchor, since without one the letter policy collapsed
 # onto one letter (benchmarks/README.md); the queue, the test run and one peer fit in a 30-minute GPU session.
 # Other forms: letters, "train.variant=completion_direct train.max_completion_length=4"; 3-shot prompts,
-# "prepare.n_shots=3 prepare.max_prompt_tokens=3072".
+# "prepare.n_shots=3 prepare.max_prompt_tokens=3072"; full fine-tuning, "train.finetune=full train.learning_rate=0.000001".
 default_dev="train.learning_rate=0.0001 train.beta=0.04;train.learning_rate=0.00003 train.beta=0.04"
 as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
 IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-$default_dev}"

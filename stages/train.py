@@ -26,7 +26,9 @@ def main():
 
     from mcgrpo.modeling import load_model, torch_dtype
 
-    model, tokenizer, peft_config = load_model(p.model, lora=p.train.lora, seed=p.train.seed, backend=backend)
+    full = p.train.finetune == "full"
+    model, tokenizer, peft_config = load_model(p.model, lora=None if full else p.train.lora, seed=p.train.seed,
+                                               backend=backend, full_finetune=full)
     if p.train.grouped_attention and backend == "transformers":
         from mcgrpo.fast_generation import use_grouped_attention
 

@@ -68,6 +68,22 @@ def test_adapter_and_merged_folders(tiny_model_params, tiny_adapter_dir, tmp_pat
     assert not (folder / "adapter_config.json").exists()
 
 
+def test_a_fully_fine_tuned_model_is_published_as_it_is(tiny_model_dir, tmp_path):
+    # train.finetune=full leaves a whole model in models/adapter: its folder and card need no peft
+    import shutil
+
+    whole = tmp_path / "adapter"
+    shutil.copytree(tiny_model_dir, whole)
+    params = Params.model_validate({"train": {"finetune": "full", "variant": "completion_option"}})
+    card = card_text(params, comparison=compare(BASE, TUNED), tuned_metrics=summarize(TUNED), train_metrics=TRAIN,
+                     example=None, merged=False, repo_id="someone/x")
+    assert "fine-tuned in full" in card and "PeftModel" not in card and "full (every weight)" in card
+    assert ModelCard(card).data.to_dict()["library_name"] == "transformers"
+    assert "options unlettered" in card  # a completion variant's prompt, not the chat instructions
+    folder = build_folder(tmp_path / "publish", card, adapter_dir=whole)
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}
+
+
 def test_a_missing_adapter_leaves_nothing_behind(tmp_path):
     (tmp_path / "adapter").mkdir()
     with pytest.raises(UserError, match="dvc repro train"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mcgrpo.data.synthetic import make_synthetic_mc
+from mcgrpo.errors import UserError
 from mcgrpo.fileio import write_jsonl
 from mcgrpo.modeling import load_model
 from mcgrpo.params import TrainParams
@@ -30,7 +31,9 @@ def tiny_train_params(**kw):
 
 
 def run(tiny_model_params, tmp_path, tp, records, reward_model_file=None, engine="hf"):
-    model, tok, peft_config = load_model(tiny_model_params, lora=tp.lora, seed=tp.seed)
+    full = tp.finetune == "full"
+    model, tok, peft_config = load_model(tiny_model_params, lora=None if full else tp.lora, seed=tp.seed,
+                                         full_finetune=full)
     write_jsonl(tmp_path / "train.jsonl", records)
     return train_grpo(model, tok, peft_config, records, tp, checkpoints=tmp_path / "ckpt",
                       adapter_out=tmp_path / "adapter", live_dir=tmp_path / "live",
@@ -74,6 +77,37 @@ def test_grpo_trains_saves_adapter_and_resumes(tiny_model_params, tmp_path):
     # The adapter loads back onto the base model for evaluation.
     model, _, _ = load_model(tiny_model_params, adapter_dir=tmp_path / "adapter")
     assert not hasattr(model, "peft_config")  # merged for fast inference
+
+
+def test_full_fine_tuning_trains_every_weight_and_loads_back(tiny_model_params, tmp_path):
+    from safetensors.torch import load_file
+    from test_reward_model import labelled_rows
+
+    from mcgrpo.params import RewardModelParams
+    from mcgrpo.reward_model import fit_reward_model, save
+    from mcgrpo.training import training_backend
+
+    # the learned reward scores every completion differently, so the random tiny model gets non-zero advantages
+    save(tmp_path / "rm.joblib", fit_reward_model(labelled_rows(), RewardModelParams())[0])
+    records = [{**r, "source": "synthetic"} for r in make_synthetic_mc(8, seed=2)]
+    tp = tiny_train_params(finetune="full", max_steps=2, learning_rate=1e-4,
+                           reward_weights={"correct": 1.0, "learned": 1.0})
+    summary = run(tiny_model_params, tmp_path, tp, records, reward_model_file=tmp_path / "rm.joblib")
+    out = tmp_path / "adapter"
+    assert summary["steps"] == 2 and not (out / "adapter_config.json").exists()
+    trained = load_file(out / "model.safetensors")
+    base, _, _ = load_model(tiny_model_params)
+    changed = {k for k, v in base.state_dict().items() if k in trained and not torch.equal(v, trained[k])}
+    assert any("embed" in k for k in changed) and any("mlp" in k for k in changed)  # not an adapter: every weight
+    tuned, _, _ = load_model(tiny_model_params, adapter_dir=out)  # evaluate/publish/chat load it as it is
+    assert all(torch.equal(tuned.state_dict()[k], trained[k]) for k in changed)
+    # Rerunning the finished run exports its last checkpoint, a whole model again.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    run(tiny_model_params, tmp_path, tp, records, reward_model_file=tmp_path / "rm.joblib")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(UserError, match="train.finetune=full trains through transformers"):
+        training_backend("unsloth", tp)
+    assert training_backend("auto", tp) == "transformers"
 
 
 def test_fingerprint_covers_backend_and_data(tmp_path, tiny_model_params):

@@ -77,11 +77,12 @@ def load_models(model_params, adapter_dir, which: str) -> dict:
     """{label: (model, tokenizer)} for the requested side(s); the adapter is merged into its copy."""
     from pathlib import Path
 
-    from mcgrpo.modeling import load_model
+    from mcgrpo.modeling import is_whole_model, load_model
 
     models = {}
     for label in CHOICES[which]:
-        if label == "fine-tuned" and not (Path(adapter_dir) / "adapter_config.json").exists():
+        if label == "fine-tuned" and not ((Path(adapter_dir) / "adapter_config.json").exists()
+                                          or is_whole_model(adapter_dir)):
             raise UserError(f"{adapter_dir}: no adapter here; train one (dvc repro train), pass --adapter, "
                             "or chat with --model base")
         model, tokenizer, _ = load_model(model_params, adapter_dir=adapter_dir if label == "fine-tuned" else None)

@@ -168,7 +168,8 @@ def training_rows(tp, train_metrics: dict) -> list[list]:
     return [
         ["backend", train_metrics.get("backend", "?")],
         ["LoRA", f"r={tp.lora.r}, alpha={tp.lora.alpha}, dropout={tp.lora.dropout}, "
-                 f"targets={','.join(tp.lora.target_modules)}"],
+                 f"targets={','.join(tp.lora.target_modules)}"] if tp.finetune == "lora" else
+        ["fine-tuning", "full (every weight)"],
         ["steps", f"{train_metrics.get('steps')} (max_steps {tp.max_steps})"],
         ["batch", f"{tp.per_device_train_batch_size} completions x {tp.gradient_accumulation_steps} accumulation, "
                   f"{tp.num_generations} generations per prompt"],

@@ -85,6 +85,12 @@ def _stop_token_ids(tokenizer, model) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def is_whole_model(adapter_dir) -> bool:
+    """Whether the train stage's output folder holds a whole model (train.finetune=full), not a LoRA adapter."""
+    folder = Path(adapter_dir)
+    return (folder / "config.json").exists() and not (folder / "adapter_config.json").exists()
+
+
 def _attach_adapter(model, adapter_dir):
     from peft import PeftModel
 
@@ -103,16 +109,21 @@ def _attach_adapter(model, adapter_dir):
                         "retrain it, or set model.name to the model it was trained on") from None
 
 
-def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None):
-    """(model, tokenizer, peft_config) for inference, or for LoRA training when `lora` is given.
+def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None, full_finetune=False):
+    """(model, tokenizer, peft_config) for inference, for LoRA training when `lora` is given, or for training every
+    weight with `full_finetune`.
 
-    Inference (lora None) always loads through transformers, with the adapter merged in.
-    peft_config is a LoraConfig for TRL to apply (transformers backend) or None when the model is
-    already a PEFT model (Unsloth applies LoRA itself, with its fused kernels).
+    Inference always loads through transformers, with the adapter merged in (or, when `adapter_dir` holds a whole
+    model from full fine-tuning, that model). peft_config is a LoraConfig for TRL to apply (transformers backend)
+    or None when the model is already a PEFT model (Unsloth applies LoRA itself, with its fused kernels) or
+    trains whole.
     """
     check_local_path(p.name)
     backend = backend or pick_backend(p.backend)
-    if lora is None:
+    training = lora is not None or full_finetune
+    if full_finetune and backend == "unsloth":
+        raise UserError("full fine-tuning trains through transformers: set model.backend to auto or transformers")
+    if not training:
         # Unsloth is the training backend only: its inference path is slower than plain transformers for
         # batched eval (benchmarks/README.md), so eval never uses it.
         backend = "transformers"
@@ -125,7 +136,7 @@ def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None):
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.eos_token_id = _stop_token_ids(tokenizer, model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if lora is None:
+    if not training:
         model.eval()
     return model, tokenizer, peft_config
 
@@ -152,19 +163,21 @@ def _load_transformers(p, lora, adapter_dir):
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(p)
+    whole = adapter_dir is not None and lora is None and is_whole_model(adapter_dir)  # full fine-tuning's output
+    source, revision = (str(adapter_dir), None) if whole else (p.name, p.revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            p.name, revision=p.revision, dtype=torch_dtype(p.dtype), attn_implementation=p.attn_implementation,
+            source, revision=revision, dtype=torch_dtype(p.dtype), attn_implementation=p.attn_implementation,
             trust_remote_code=p.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise _load_error("model.name", p.name, err) from None
+        raise _load_error("the trained model" if whole else "model.name", source, err) from None
     peft_config = None
     if lora is not None:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                  target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    elif adapter_dir:
+    elif adapter_dir and not whole:
         model = _attach_adapter(model, adapter_dir)
     if torch.cuda.is_available():
         # one GPU per process under `accelerate launch` (LOCAL_RANK); cuda:0 otherwise

@@ -132,6 +132,7 @@ class LoraParams(Section):
 
 class TrainParams(Section):
     variant: str = "cot"  # the prompt the policy is trained on
+    finetune: Literal["lora", "full"] = "lora"  # full: every weight trains (models/adapter then holds the whole model)
     lora: LoraParams = LoraParams()
     learning_rate: float = Field(5e-6, gt=0)
     lr_scheduler_type: str = "constant_with_warmup"

@@ -11,7 +11,8 @@ from pathlib import Path
 from mcgrpo.errors import UserError
 from mcgrpo.fileio import atomic_path
 from mcgrpo.metrics import format_comparison, markdown_table, training_rows
-from mcgrpo.prompts import INSTRUCTIONS, format_question
+from mcgrpo.modeling import is_whole_model
+from mcgrpo.prompts import INSTRUCTIONS, LAYOUTS, format_question, is_chat
 
 TAGS = ["grpo", "trl", "unsloth", "reasoning", "multiple-choice", "reading-comprehension", "lora", "mcgrpo"]
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -41,13 +42,15 @@ def card_text(params, *, comparison: dict, tuned_metrics: dict, train_metrics: d
 
     p, tp = params, params.train
     name = repo_id or f"{Path(p.model.name).name}-mcgrpo"
+    whole = merged or tp.finetune == "full"  # a model that loads by itself, no peft
     data = ModelCardData(
         base_model=p.model.name, datasets=[d for d in [hub_dataset(p.prepare)] if d], license=p.publish.license,
-        library_name="transformers" if merged else "peft", pipeline_tag="text-generation", tags=TAGS,
+        library_name="transformers" if whole else "peft", pipeline_tag="text-generation", tags=TAGS,
         model_name=name, eval_results=eval_results(p, tuned_metrics))
-    what = "the base model with the LoRA adapter merged in" if merged else "a LoRA adapter"
+    what = ("the base model fine-tuned in full" if tp.finetune == "full" else
+            "the base model with the LoRA adapter merged in" if merged else "a LoRA adapter")
     load = (f'model = AutoModelForCausalLM.from_pretrained("{name}")\ntokenizer = AutoTokenizer.from_pretrained("{name}")'
-            if merged else
+            if whole else
             f'model = AutoModelForCausalLM.from_pretrained("{p.model.name}")\n'
             f'model = PeftModel.from_pretrained(model, "{name}")\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{name}")')
@@ -62,11 +65,13 @@ def card_text(params, *, comparison: dict, tuned_metrics: dict, train_metrics: d
         "this model, same prompts and decoding; the interval is a paired bootstrap, p an exact McNemar test.",
         format_comparison(comparison),
         "## Prompt",
-        "One user turn (Gemma has no system role): the passage, the question and lettered options, then:",
-        f"> {INSTRUCTIONS[tp.variant]}",
+        *(["One user turn (Gemma has no system role): the passage, the question and lettered options, then:",
+           f"> {INSTRUCTIONS[tp.variant]}"] if is_chat(tp.variant) else
+          [f"Plain text for a pretrained model (no chat template), `{tp.variant}`: the article, the question and the "
+           f"options, then {INSTRUCTIONS[tp.variant] or LAYOUTS[tp.variant]}."]),
         "## Usage",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        + ("" if merged else "from peft import PeftModel\n") + load + "\n```",
+        + ("" if whole else "from peft import PeftModel\n") + load + "\n```",
         "## Training",
         markdown_table(["param", "value"], training_rows(tp, train_metrics)),
     ]
@@ -104,7 +109,9 @@ def build_folder(dest, card: str, *, adapter_dir, merged_model=None, tokenizer=N
             for path in Path(adapter_dir).iterdir():  # adapter weights/config and the tokenizer the stage saved
                 if path.is_file() and path.name != "README.md":
                     shutil.copy2(path, tmp / path.name)
-            missing = [f for f in ADAPTER_FILES if not (tmp / f).exists()]
+            # an adapter, or (train.finetune=full) a whole model, published as it is
+            missing = [f for f in (("config.json",) if is_whole_model(adapter_dir) else ADAPTER_FILES)
+                       if not (tmp / f).exists()]
             if missing:
                 raise UserError(f"{adapter_dir}: missing {missing}; run the train stage first (dvc repro train)")
         (tmp / "README.md").write_text(card, encoding="utf-8")

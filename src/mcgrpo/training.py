@@ -41,7 +41,7 @@ def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = ()):
 
 # TrainParams fields that are the project's own, not GRPOConfig's, though a name may match one of TRL's
 # (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
-NOT_GRPO_FIELDS = {"variant", "lora", "rollout_engine", "grouped_attention", "num_processes", "accelerate_config",
+NOT_GRPO_FIELDS = {"variant", "finetune", "lora", "rollout_engine", "grouped_attention", "num_processes", "accelerate_config",
                    "use_vllm", "reward_weights"}
 
 
@@ -179,10 +179,16 @@ def training_backend(requested_backend: str, tp) -> str:
     `auto` trains through transformers whenever the fast rollouts apply: under Unsloth the rollouts are TRL's
     own, and a GRPO step at the 1B shape took ~6x longer there at steady state, after minutes of compilation
     (benchmarks/README.md); Unsloth is picked when they do not apply (top-p sampling, another rollout engine).
-    Unsloth trains on one GPU only: several processes always use transformers + peft under accelerate.
+    Unsloth trains on one GPU only: several processes always use transformers + peft under accelerate, and full
+    fine-tuning (train.finetune=full) always uses transformers.
     """
     from mcgrpo.modeling import pick_backend
 
+    if tp.finetune == "full":
+        if requested_backend == "unsloth":
+            raise UserError("train.finetune=full trains through transformers (the project applies Unsloth's LoRA "
+                            "only); set model.backend to auto or transformers, or train.finetune to lora")
+        return "transformers"
     if tp.num_processes > 1:
         if requested_backend == "unsloth":
             raise UserError("model.backend=unsloth trains on one GPU only; for train.num_processes > 1 set "
@@ -319,9 +325,19 @@ def make_live_callback(live_dir: Path, resume_step: int | None):
     return StepAlignedDVCLive(live=live)
 
 
+def saved_weights(folder: Path) -> list[Path]:
+    """What save_pretrained wrote of the trained weights: a LoRA adapter, or (train.finetune=full) the whole
+    model, sharded or not."""
+    names = ("adapter_model.safetensors", "adapter_config.json", "README.md", "config.json", "generation_config.json")
+    return sorted(p for p in folder.iterdir() if p.name in names or (p.name.startswith("model") and
+                                                                    ".safetensors" in p.name))
+
+
 def _sort_target_modules(config_file: Path) -> None:
     """peft writes target_modules from a set, in per-process hash order: sort it so the same training
-    gives a byte-identical adapter (and DVC sees no change)."""
+    gives a byte-identical adapter (and DVC sees no change). A whole model (full fine-tuning) has no such file."""
+    if not config_file.exists():
+        return
     config = json.loads(config_file.read_text())
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
@@ -331,7 +347,8 @@ def _sort_target_modules(config_file: Path) -> None:
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
                live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "hf",
                callbacks: tuple = (), shots: list[dict] = ()) -> dict:
-    """Run (or resume) GRPO and save the LoRA adapter atomically; returns a summary for metrics.
+    """Run (or resume) GRPO and save the LoRA adapter (or, without peft, the whole model) atomically; returns a
+    summary for metrics.
 
     Under `accelerate launch` every process runs this; only the main one touches the checkpoint
     folder's marker, the curves and the adapter.
@@ -358,9 +375,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
         if main:
             with atomic_path(adapter_out) as tmp:
                 tmp.mkdir()
-                for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):  # what save_pretrained writes
-                    if (resume / name).exists():
-                        shutil.copy2(resume / name, tmp / name)
+                for path in saved_weights(resume):
+                    shutil.copy2(path, tmp / path.name)
                 tokenizer.save_pretrained(tmp)
                 _sort_target_modules(tmp / "adapter_config.json")
         summary_file = checkpoints / RUN_SUMMARY
