@@ -42,7 +42,8 @@ model_params = p.model.model_copy(update={"dtype": args.dtype}) if args.dtype el
 # Everything read up front: the workspace may move on (another experiment applied) while this trains.
 train_records, eval_records = read_jsonl(paths.TRAIN_SET), read_jsonl(paths.EVAL_SET)
 shots, baseline_rows = read_jsonl(paths.SHOTS), read_jsonl(paths.BASELINE_PREDICTIONS)
-model, tokenizer, _ = load_model(model_params, lora=tp.lora, backend="transformers")  # lora: a trainable model
+# a trainable model with no peft of the project's: TRL applies --lora-r itself, or trains every weight
+model, tokenizer, _ = load_model(model_params, backend="transformers", full_finetune=True)
 install_torch_logprobs()
 
 from peft import LoraConfig  # noqa: E402
