@@ -94,8 +94,8 @@ def test_metrics_files_keep_headlines_and_breakdowns_join_back(tmp_path):
     write_metrics(tmp_path / "comparison.json", comparison)
     headline = json.loads((tmp_path / "baseline.json").read_text())
     assert tuple(headline["cot"]) == HEADLINE_KEYS  # what `dvc metrics show` lists: no breakdowns, no counts
-    assert set(headline["loglik"]) == {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm", "letter_bias",
-                                       "position_only_accuracy"}
+    assert set(headline["loglik"]) == {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm",
+                                       "letter_bias", "position_only_accuracy"}
     assert set(json.loads((tmp_path / "comparison.json").read_text())["cot"]) == \
         {"accuracy_delta", "accuracy_delta_ci_low", "accuracy_delta_ci_high", "p_value", "format_rate_delta"}
     rest = json.loads((tmp_path / "breakdowns" / "baseline.json").read_text())

@@ -122,8 +122,8 @@ def test_kl_spikes_are_kept_and_called_out():
     lines = insights(compare(base, base), summarize(base), summarize(base), summary)
     assert any("KL spikes** at step(s) 83, 111" in line and "1.65e+10" in line for line in lines)
     calm = _summary(history[:80], steps=80, resumed_from_step=0, runtime_s=1.0)
-    assert calm["kl_spikes"] == 0 and not any("KL spikes" in line for line in
-                                                    insights(compare(base, base), summarize(base), summarize(base), calm))
+    calm_lines = insights(compare(base, base), summarize(base), summarize(base), calm)
+    assert calm["kl_spikes"] == 0 and not any("KL spikes" in line for line in calm_lines)
 
 
 def test_position_warning_when_accuracy_is_what_letter_shares_give():

@@ -70,7 +70,8 @@ def summarize(rows: list[dict]) -> dict:
             if answered else None,
             # what a model answering as often, with the same letter shares but blind to the question, would
             # score: accuracy near it is position preference, not reading
-            "position_only_accuracy": round(len(answered) / n * sum(pred_share[k] * gold_share[k] for k in pred_share), 4),
+            "position_only_accuracy": round(len(answered) / n * sum(pred_share[k] * gold_share[k] for k in pred_share),
+                                            4),
             "pred_letters": pred_share,
             "gold_letters": gold_share,
             "by_source": _accuracy_by(items, "source"),

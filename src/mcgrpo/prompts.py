@@ -37,7 +37,8 @@ INSTRUCTIONS = {
 }
 # What a variant without instructions shows instead (the report's prompt list)
 LAYOUTS = {
-    "completion_direct": "no instructions: options lettered `A.` to `D.`, the layout ends in `Answer:`, a letter follows",
+    "completion_direct": "no instructions: options lettered `A.` to `D.`, the layout ends in `Answer:`, a letter "
+                         "follows",
     "completion_option": "no instructions: options unlettered (`- ...`), the layout ends in `Answer:` and a new "
                          "line's `-`, one option's own words follow",
 }

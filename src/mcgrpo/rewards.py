@@ -135,8 +135,8 @@ def answer_span(text, variant: str = "cot") -> str:
     """The part of a completion its prompt variant asks for.
 
     A pretrained model given a completion prompt writes its answer, then goes on with a new question:
-    completion_direct and completion_option keep the first line; completion_cot keeps everything up to the end of the first
-    "Answer: ..." line, or up to the next question when there is none. Chat variants keep all of it.
+    completion_direct and completion_option keep the first line; completion_cot keeps everything up to the end of
+    the first "Answer: ..." line, or up to the next question when there is none. Chat variants keep all of it.
     """
     text = completion_text(text)
     if not variant.startswith(COMPLETION_PREFIX):
@@ -209,7 +209,8 @@ def format_reward(completions, variant=None, options=None, **kwargs) -> list[flo
     direct: the letter alone; completion_cot: reasoning, then a final line `Answer: X`; completion_option: one
     option's text, whole), else 0.0."""
     options = options or [None] * len(completions)
-    return [float(follows_format(c, v, o)) for c, v, o in zip(completions, _variants(variant, len(completions)), options)]
+    variants = _variants(variant, len(completions))
+    return [float(follows_format(c, v, o)) for c, v, o in zip(completions, variants, options)]
 
 
 def tag_count_reward(completions, **kwargs) -> list[float]:

@@ -41,8 +41,8 @@ def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = ()):
 
 # TrainParams fields that are the project's own, not GRPOConfig's, though a name may match one of TRL's
 # (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
-NOT_GRPO_FIELDS = {"variant", "finetune", "lora", "rollout_engine", "grouped_attention", "num_processes", "accelerate_config",
-                   "use_vllm", "reward_weights"}
+NOT_GRPO_FIELDS = {"variant", "finetune", "lora", "rollout_engine", "grouped_attention", "num_processes",
+                   "accelerate_config", "use_vllm", "reward_weights"}
 
 
 def grpo_config(tp, output_dir, bf16: bool, engine: str = "hf"):
@@ -434,9 +434,9 @@ def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtim
         if values:
             summary[name] = round(sum(values) / len(values), 4)
     # A per-token KL estimate above KL_SPIKE means the sampled tokens were near-impossible under the policy that
-    # sampled them: rollouts and the training forward disagreed at that step (report.kl_spike_warning).
-    spikes = [h.get("step") for h in history if h.get("kl", 0) > KL_SPIKE]
-    if any("kl" in h for h in history):
+    # sampled them: rollouts and the training forward disagreed at that step (the report's insights say so).
+    if any("kl" in h for h in history):  # TRL logs a KL only with train.beta > 0
+        spikes = [h.get("step") for h in history if h.get("kl", 0) > KL_SPIKE]
         summary["kl_max"] = float(f"{max(h.get('kl', 0) for h in history):.3g}")
         summary["kl_spikes"] = len(spikes)
         summary["kl_spike_steps"] = ",".join(map(str, spikes))  # a string: dvc metrics hold numbers and strings
