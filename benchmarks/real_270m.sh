@@ -16,6 +16,7 @@
 # 3. the plain-TRL peers named in REAL_RUN_PEERS ("defaults lora"; benchmarks/trl_peer.py, fp32 unless
 #    REAL_RUN_PEER_DTYPE), one after the other, trained and evaluated on the test run's prepared data;
 # 4. OUT/: logs, dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
+# REAL_RUN_TEST_VARIANTS (completion_direct,completion_option): the test run's generate variants, besides log-likelihood.
 # REAL_RUN_SETTING (a setting like one of REAL_RUN_DEV's): no dev queue; the test run trains with it.
 # REAL_RUN_DEV_DEADLINE (seconds after the start): dev experiments still running then are killed and the best
 # finished one is taken; with none finished the test run trains with REAL_RUN_FALLBACK (a setting), and says so.
@@ -45,19 +46,23 @@ common=(-S "model.name=$model" -S model.backend=transformers -S "model.dtype=${R
         -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=128
         -S reward_model.n_questions=40)
 extra=(${REAL_RUN_EXTRA:-})  # more -S flags, applied last (a CPU smoke run shrinks the sizes with these)
-# Dev evaluates both one-line forms, so a setting may train either; the chat variants are left out of the test
-# run: under a chat template the pretrained model answers nothing (0.000 on the whole test set, benchmarks/README.md).
+# Dev evaluates both one-line forms, so a setting may train either; the test run leaves out the chat variants (under
+# a chat template the pretrained model answers nothing: 0.000 on the whole test set) and completion_cot (0.058 base,
+# 0.030 tuned, benchmarks/README.md), whose 128-token answers cost the most eval time.
 dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate
      -S "eval.variants=[completion_direct,completion_option]" -S eval.engine=hf)
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eval.engine=auto
-      -S "eval.variants=[completion_direct,completion_option,completion_cot]")
+      -S "eval.variants=[${REAL_RUN_TEST_VARIANTS:-completion_direct,completion_option}]")
 
-# The default dev settings: two learning rates, both with a KL anchor, since without one the letter policy collapsed
-# onto one letter (benchmarks/README.md). On an H200 a completion_option training step takes ~2.3 s: each dev setting
-# is ~8 min, the test run ~6 and the peer ~8, so the whole default run is ~35 min, more than one 30-minute session.
+# The default dev setting: lr 1e-4 with a KL anchor (the best of the last session's dev runs, 0.268 on dev) with
+# each completion of a group shown the options in its own order (train.option_order=per_completion). With the
+# data's order that setting collapsed onto the last option (89 % D) and scored what position alone gives; shuffled
+# per completion, a position choice earns nothing within a group. On an H200 a completion_option training step
+# takes ~2.3 s: a dev setting is ~8 min, the test run ~6 and the peer ~8, so one dev setting fits a 30-minute
+# session and each more adds ~8 min.
 # Other forms: letters, "train.variant=completion_direct train.max_completion_length=4"; 3-shot prompts,
 # "prepare.n_shots=3 prepare.max_prompt_tokens=3072"; full fine-tuning, "train.finetune=full train.learning_rate=0.000001".
-default_dev="train.learning_rate=0.0001 train.beta=0.04;train.learning_rate=0.00003 train.beta=0.04"
+default_dev="train.learning_rate=0.0001 train.beta=0.04 train.option_order=per_completion"
 as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
 IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-$default_dev}"
 names=()

@@ -10,6 +10,7 @@ from mcgrpo.errors import UserError
 from mcgrpo.fileio import write_jsonl
 from mcgrpo.modeling import load_model
 from mcgrpo.params import TrainParams
+from mcgrpo.rewards import LETTERS
 from mcgrpo.training import (
     FastRollouts,
     grpo_config,
@@ -279,3 +280,57 @@ def test_hf_rollouts_agree_with_the_training_forward_past_the_sliding_window(tin
         scored = logits.log_softmax(-1).gather(2, completion[..., None])[..., 0]
     assert torch.isfinite(scored).all()
     assert (scored - sampled).abs().max() < 1e-3
+
+
+def test_per_completion_option_order_reaches_trl_and_trains(tiny_model_params, tmp_path, monkeypatch):
+    """What TRL's own dataloader hands its rollouts: each copy of a question shows its options in its own order,
+    the answer letter follows the gold option, and the prompt lists the options as the row does; with `given`
+    every copy is the data's row. A short run trains on it. The vLLM engine, which samples a whole group from
+    its first prompt, is refused."""
+    import importlib.util
+
+    from trl import GRPOTrainer
+
+    from mcgrpo.prompts import trainer_prompt
+    from mcgrpo.training import reward_functions, rollout_engine
+
+    records = make_synthetic_mc(8, seed=4)
+    original = {(r["context"], r["question"]): r for r in records}
+    assert len(original) == len(records)
+    variant = "completion_option"
+    tp = tiny_train_params(variant=variant, option_order="per_completion", num_generations=4,
+                           per_device_train_batch_size=8)
+    orders_seen = {}
+    for option_order in ("given", "per_completion"):
+        model, tok, peft_config = load_model(tiny_model_params, lora=tp.lora, seed=tp.seed)
+        trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(tp),
+                              args=grpo_config(tp, tmp_path / option_order, False, "hf"),
+                              train_dataset=grpo_dataset(records, variant, option_order=option_order),
+                              processing_class=tok, peft_config=peft_config)
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert len(batch) == 8
+        orders_seen[option_order] = []
+        for start in range(0, len(batch), tp.num_generations):
+            group = batch[start:start + tp.num_generations]
+            source = original[(group[0]["context"], group[0]["question"])]
+            gold = source["options"][LETTERS.index(source["answer"])]
+            for row in group:
+                assert (row["context"], row["question"]) == (source["context"], source["question"])  # one question
+                assert sorted(row["options"]) == sorted(source["options"])
+                assert row["options"][LETTERS.index(row["answer"])] == gold
+                assert row["prompt"] == trainer_prompt(row, variant)
+                if option_order == "given":
+                    assert row["options"] == source["options"] and row["answer"] == source["answer"]
+            orders_seen[option_order].append({tuple(row["options"]) for row in group})
+    # two groups of 4 copies, 4 options each: that both groups show one order throughout has odds (1/24)^6
+    assert any(len(orders) > 1 for orders in orders_seen["per_completion"])
+
+    summary = run(tiny_model_params, tmp_path / "run", tp, records)
+    assert summary["steps"] == 4
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else
+                        real_find_spec(name, *a))
+    with pytest.raises(UserError, match="option_order"):
+        rollout_engine(tiny_train_params(option_order="per_completion", use_vllm=True), "transformers")
+    assert rollout_engine(tiny_train_params(use_vllm=True), "transformers") == "vllm"

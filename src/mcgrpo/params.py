@@ -132,6 +132,9 @@ class LoraParams(Section):
 
 class TrainParams(Section):
     variant: str = "cot"  # the prompt the policy is trained on
+    # given: options in the data's order | per_completion: each completion of a group sees its question's options in
+    # its own random order, so choosing by position earns nothing (training.shuffle_options_per_row)
+    option_order: Literal["given", "per_completion"] = "given"
     finetune: Literal["lora", "full"] = "lora"  # full: every weight trains (models/adapter then holds the whole model)
     lora: LoraParams = LoraParams()
     learning_rate: float = Field(5e-6, gt=0)

@@ -5,6 +5,7 @@ from the last complete checkpoint; any change starts afresh, so a stale run is n
 """
 
 import csv
+import functools
 import importlib.util
 import json
 import os
@@ -21,28 +22,65 @@ from mcgrpo.fileio import atomic_path, safetensors_problem, sha256_file, write_j
 from mcgrpo.params import LEARNED_REWARD
 from mcgrpo.prompts import is_chat, stop_token_ids, trainer_prompt
 from mcgrpo.reward_model import load_learned_reward
-from mcgrpo.rewards import REWARDS
+from mcgrpo.rewards import LETTERS, REWARDS
 
 RUN_MARKER = "run.json"
 RUN_SUMMARY = "summary.json"  # the finished run's summary, kept beside its checkpoints for a later re-export
 
 
-def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = ()):
-    """Prompts as TRL takes them (conversations for chat variants, which it templates; text for completion
-    variants, which it tokenizes with <bos>) plus the columns the rewards read."""
+def grpo_row(record: dict, variant: str, shots: list[dict] = ()) -> dict:
+    """One training row: the prompt as TRL takes it (a conversation for chat variants, which it templates; text for
+    completion variants, which it tokenizes with <bos>) plus the columns the rewards read.
+
+    TRL hands every column but "prompt" to the reward functions: `variant` says which part of a completion is
+    judged (rewards.answer_span); the learned reward reads the passage, question and options.
+    """
+    return {"prompt": trainer_prompt(record, variant, shots), "answer": record["answer"],
+            "n_options": len(record["options"]), "variant": variant, "context": record["context"],
+            "question": record["question"], "options": record["options"]}
+
+
+def with_options_permuted(record: dict, order: list[int]) -> dict:
+    """The record with its options shown in `order` (old positions, new first); the answer letter follows its
+    option."""
+    return {**record, "options": [record["options"][i] for i in order],
+            "answer": LETTERS[order.index(LETTERS.index(record["answer"]))]}
+
+
+def shuffle_options_per_row(rows: dict, variant: str, shots: list[dict]) -> dict:
+    """A datasets transform (a batch of rows in, the same rows out) that shows each row's options in a fresh
+    random order and re-renders its prompt.
+
+    TRL's sampler repeats each question num_generations times (its GRPO group), and every copy is fetched as its
+    own row, so each completion of a group sees its own order. A choice made by position alone ("always the last
+    option") is then right for some completions of a group and wrong for others, and its advantage averages out
+    within the group; only picking the right option by its content is rewarded every time. Draws come from
+    torch's global RNG, which the trainer seeds and its checkpoints restore.
+    """
+    out = {name: [] for name in rows}
+    for i in range(len(rows["prompt"])):
+        record = {name: rows[name][i] for name in ("context", "question", "options", "answer")}
+        order = torch.randperm(len(record["options"])).tolist()
+        for name, value in grpo_row(with_options_permuted(record, order), variant, shots).items():
+            out[name].append(value)
+    return out
+
+
+def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = (), option_order: str = "given"):
+    """The training set as TRL takes it (see grpo_row). option_order `per_completion` shows each completion its
+    question's options in a random order (see shuffle_options_per_row); `given` keeps the data's order."""
     from datasets import Dataset
 
-    # TRL hands every column but "prompt" to the reward functions: `variant` says which part of a completion
-    # is judged (rewards.answer_span); the learned reward reads the passage, question and options.
-    return Dataset.from_list([{"prompt": trainer_prompt(r, variant, shots), "answer": r["answer"],
-                               "n_options": len(r["options"]), "variant": variant, "context": r["context"],
-                               "question": r["question"], "options": r["options"]} for r in records])
+    dataset = Dataset.from_list([grpo_row(r, variant, shots) for r in records])
+    if option_order == "given":
+        return dataset
+    return dataset.with_transform(functools.partial(shuffle_options_per_row, variant=variant, shots=list(shots)))
 
 
 # TrainParams fields that are the project's own, not GRPOConfig's, though a name may match one of TRL's
 # (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
-NOT_GRPO_FIELDS = {"variant", "finetune", "lora", "rollout_engine", "grouped_attention", "num_processes",
-                   "accelerate_config", "use_vllm", "reward_weights"}
+NOT_GRPO_FIELDS = {"variant", "option_order", "finetune", "lora", "rollout_engine", "grouped_attention",
+                   "num_processes", "accelerate_config", "use_vllm", "reward_weights"}
 
 
 def grpo_config(tp, output_dir, bf16: bool, engine: str = "hf"):
@@ -73,6 +111,10 @@ def rollout_engine(tp, backend: str) -> str:
     """The engine that samples this run's completions: vllm, fast, hf, hf_static or hf_continuous."""
     if tp.use_vllm:
         if importlib.util.find_spec("vllm") is not None:
+            if tp.option_order == "per_completion":  # TRL's vLLM rollouts sample a group from its first prompt only
+                raise UserError("train.option_order=per_completion gives each completion of a group its own prompt, "
+                                "and TRL's vLLM rollouts generate a whole group from its first prompt: set "
+                                "train.use_vllm to false, or train.option_order to given")
             return "vllm"
         print("warning: train.use_vllm is true but vllm is not installed; rollouts use train.rollout_engine "
               f"({tp.rollout_engine}) instead")
@@ -393,7 +435,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     stop_at_variant_end(model, tokenizer, tp.variant)
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16, engine),
-        train_dataset=grpo_dataset(records, tp.variant, shots), processing_class=tokenizer, peft_config=peft_config,
+        train_dataset=grpo_dataset(records, tp.variant, shots, tp.option_order), processing_class=tokenizer,
+        peft_config=peft_config,
         callbacks=([live] if live else []) + [stop_on_non_finite_callback()] + list(callbacks), rollout_func=rollouts,
     )
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
