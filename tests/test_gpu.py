@@ -119,3 +119,42 @@ def test_fast_rollouts_follow_the_policy_through_the_cuda_graph(tiny_model_dir, 
 
     check_fast_rollouts_follow_the_policy(ModelParams(name=str(tiny_model_dir), backend="transformers",
                                                       dtype="float32"), tmp_path)
+
+
+@pytest.mark.gpu
+def test_generation_agrees_with_the_forward_past_the_sliding_window_on_cuda():
+    """On an H200, SDPA `generate` on a left-padded Gemma 3 batch padded to 513 tokens (past the 512-token window,
+    513 % 32 == 1) sampled from a wrong distribution (benchmarks/README.md). At Gemma 3 1B's shape (random weights,
+    float32) and that batch layout: under eager_attention_for_generation, generate's own scores must be the
+    forward pass's, and the fast engine's greedy tokens must be the forward's argmax at every step."""
+    from mcgrpo.fast_generation import StaticGenerator
+    from mcgrpo.generation import left_pad
+    from mcgrpo.patches import eager_attention_for_generation
+    from mcgrpo.tiny import build_model
+
+    model = build_model("gemma-3-1b", dtype=torch.float32, attn_implementation="sdpa").cuda().eval()
+    rng = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 5000, (n,), generator=rng).tolist() for n in (513, 170, 349, 449, 501, 463, 454, 363)]
+    input_ids, mask = left_pad(rows, 0, "cuda")
+    new = 16
+
+    def forward_logprobs(sequences):
+        full_mask = torch.cat([mask, torch.ones_like(sequences[:, input_ids.shape[1]:])], 1)
+        with torch.no_grad():
+            logits = model(input_ids=sequences, attention_mask=full_mask, logits_to_keep=new + 1).logits[:, :-1]
+        return torch.log_softmax(logits.float(), -1)
+
+    torch.manual_seed(0)
+    with torch.no_grad(), eager_attention_for_generation(model):
+        out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                             max_new_tokens=new, min_new_tokens=new, output_scores=True, return_dict_in_generate=True,
+                             pad_token_id=0)
+    assert model.config._attn_implementation == "sdpa"
+    tokens = out.sequences[:, input_ids.shape[1]:]
+    sampled = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).gather(-1, tokens[..., None])
+    assert (sampled - forward_logprobs(out.sequences).gather(-1, tokens[..., None])).abs().max() < 1e-3
+
+    generator = StaticGenerator(model, batch_size=len(rows), max_length=input_ids.shape[1] + new)
+    fast = generator.generate(input_ids, mask, max_new_tokens=new, eos_token_ids=[], pad_token_id=0)[:, :new]
+    logprobs = forward_logprobs(torch.cat([input_ids, fast], 1))
+    assert (logprobs.max(-1).values - logprobs.gather(-1, fast[..., None])[..., 0]).max() < 1e-3

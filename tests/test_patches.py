@@ -72,3 +72,36 @@ def test_layer_forwards_puts_back_what_was_there():
     with patches.layer_forwards([plain, hooked], [lambda x: "a", lambda x: "b"]):
         assert (plain(1), hooked(1)) == ("a", "b")
     assert "forward" not in vars(plain) and hooked(1) == "hook"
+
+
+def test_generate_runs_with_eager_attention_and_sdpa_comes_back(tiny_model_params):
+    """generate_with_eager_attention: every forward inside `generate` sees eager attention (here on the CPU, which
+    the devices argument names; by default only CUDA switches), the tokens are the same as SDPA's, and SDPA is back
+    after; the same through a PeftModel, as TRL's rollouts call it. On CPU nothing switches by default."""
+    from mcgrpo.modeling import load_model
+    from mcgrpo.params import LoraParams
+
+    model, tok, _ = load_model(tiny_model_params.model_copy(update={"attn_implementation": "sdpa"}))
+    enc = tok(["a b c", "the passage says " * 20], return_tensors="pt", padding=True, add_special_tokens=False)
+    greedy = {"max_new_tokens": 6, "do_sample": False, "top_k": None, "pad_token_id": tok.pad_token_id}
+    sdpa_tokens = model.generate(**enc, **greedy)
+    seen = []
+    hook = model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda module, args: seen.append(module.config._attn_implementation))
+    with patches.eager_attention_for_generation(model):  # CPU: not switched
+        model.generate(**enc, **greedy)
+    assert set(seen) == {"sdpa"}
+    seen.clear()
+    patches.generate_with_eager_attention(model, devices=("cpu",))
+    assert torch.equal(model.generate(**enc, **greedy), sdpa_tokens)
+    assert set(seen) == {"eager"} and model.config._attn_implementation == "sdpa"
+    hook.remove()
+
+    from peft import get_peft_model
+
+    base, _, peft_config = load_model(tiny_model_params.model_copy(update={"attn_implementation": "sdpa"}),
+                                      lora=LoraParams(r=4))
+    peft_model = get_peft_model(base, peft_config)
+    with patches.eager_attention_for_generation(peft_model, devices=("cpu",)):
+        assert peft_model.get_base_model().config._attn_implementation == "eager"
+    assert peft_model.get_base_model().config._attn_implementation == "sdpa"

@@ -12,6 +12,7 @@ import re
 from threading import Thread
 
 from mcgrpo.errors import UserError
+from mcgrpo.patches import eager_attention_for_generation
 from mcgrpo.prompts import build_messages
 from mcgrpo.rewards import LETTERS, extract_answer, reasoning_text, score_completion
 
@@ -61,7 +62,7 @@ def stream(model, tokenizer, messages: list[dict], max_new_tokens: int, temperat
               "pad_token_id": tokenizer.pad_token_id, **sampling}
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), eager_attention_for_generation(model):  # see there: SDPA's cached decode
             model.generate(**kwargs)
 
     thread = Thread(target=run, daemon=True)

@@ -13,6 +13,8 @@ built once and reused for every batch. Callers with several prompt lists (one pe
 import torch
 from tqdm.auto import tqdm
 
+from mcgrpo.patches import eager_attention_for_generation
+
 
 def resolve_engine(engine: str, device: torch.device, top_p: float) -> str:
     if engine == "auto":
@@ -90,8 +92,9 @@ def generate(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, te
                                              eos_token_ids=stop_ids, pad_token_id=tokenizer.pad_token_id,
                                              temperature=temperature, generator=rng).tolist()
             else:
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=sorted(stop_ids), top_k=None, **sampling)
+                with eager_attention_for_generation(model):  # SDPA's KV-cached decode is wrong on some CUDA batches
+                    out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=sorted(stop_ids), top_k=None, **sampling)
                 new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
             for i, ids in zip(batch, new_tokens):
                 end = next((k for k, t in enumerate(ids) if t in stop_ids), None)

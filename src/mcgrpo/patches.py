@@ -89,6 +89,44 @@ def input_grad_hooks_removed(model):
 
 
 @contextmanager
+def eager_attention_for_generation(model, devices=("cuda",)):
+    """Run `model.generate` with eager attention where the model runs SDPA on CUDA; SDPA comes back after.
+
+    On an H200 (transformers 5.17, torch 2.11, float32), `generate` with SDPA on a left-padded Gemma 3 batch sampled
+    from a wrong distribution whenever the padded prompt length L was past the 512-token sliding window with
+    L % 32 == 1: its tokens were 23–26 nats less likely under the model's own forward pass, while eager `generate`
+    agreed with that forward to 2e-4, and SDPA's forward without a KV cache agreed with eager to 4e-5
+    (benchmarks/README.md). In GRPO those were the steps whose reward fell to ~0 and whose KL exploded. So the
+    KV-cached path is what switches; training forwards keep SDPA. Private: config._attn_implementation (read to put
+    it back); `set_attn_implementation` is public.
+    """
+    check_version("transformers", "config._attn_implementation")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformers model
+    before = base.config._attn_implementation
+    switch = before == "sdpa" and next(base.parameters()).device.type in devices
+    if switch:
+        base.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            base.set_attn_implementation(before)
+
+
+def generate_with_eager_attention(model, devices=("cuda",)) -> None:
+    """Make `model.generate` (an instance attribute shadowing the class's) run under eager_attention_for_generation:
+    for callers that reach `generate` themselves, like TRL's own rollouts."""
+    plain = model.generate
+
+    @functools.wraps(plain)
+    def generate(*args, **kwargs):
+        with eager_attention_for_generation(model, devices):
+            return plain(*args, **kwargs)
+
+    model.generate = generate
+
+
+@contextmanager
 def layer_forwards(layers, forwards):
     """Each layer's `forward` replaced by the matching callable for the duration (an instance attribute shadows
     the class's method); a forward set on the instance before (a hook's) is put back after."""

@@ -397,7 +397,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     """
     from trl import GRPOTrainer
 
-    from mcgrpo.patches import install_torch_logprobs
+    from mcgrpo.patches import generate_with_eager_attention, install_torch_logprobs
 
     install_torch_logprobs()
     rewards = reward_functions(tp, reward_model_file)  # first: a skipped reward model fails before any work
@@ -439,6 +439,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
         peft_config=peft_config,
         callbacks=([live] if live else []) + [stop_on_non_finite_callback()] + list(callbacks), rollout_func=rollouts,
     )
+    if engine in ("hf", "hf_static"):  # TRL's rollouts call the policy's generate: keep them off SDPA's bad batches
+        generate_with_eager_attention(trainer.model)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if main:
         with atomic_path(adapter_out) as tmp:
