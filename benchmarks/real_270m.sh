@@ -18,6 +18,8 @@
 # 4. OUT/: logs, dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
 # REAL_RUN_TEST_VARIANTS (completion_direct,completion_option): the test run's generate variants, besides log-likelihood.
 # REAL_RUN_SETTING (a setting like one of REAL_RUN_DEV's): no dev queue; the test run trains with it.
+# REAL_RUN_ONLY_DEV=1: stop after the dev choice, writing it to OUT/chosen_setting.txt. A session too short for the
+# whole run does dev in one hold and REAL_RUN_SETTING="$(cat chosen_setting.txt)" (test and peers) in the next.
 # REAL_RUN_DEV_DEADLINE (seconds after the start): dev experiments still running then are killed and the best
 # finished one is taken; with none finished the test run trains with REAL_RUN_FALLBACK (a setting), and says so.
 # The model trains in fp32 (REAL_RUN_DTYPE): in bf16 its GRPO gradients turned NaN (benchmarks/README.md).
@@ -54,15 +56,17 @@ dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eval.engine=auto
       -S "eval.variants=[${REAL_RUN_TEST_VARIANTS:-completion_direct,completion_option}]")
 
-# The default dev setting: lr 1e-4 with a KL anchor (the best of the last session's dev runs, 0.268 on dev) with
-# each completion of a group shown the options in its own order (train.option_order=per_completion). With the
-# data's order that setting collapsed onto the last option (89 % D) and scored what position alone gives; shuffled
-# per completion, a position choice earns nothing within a group. On an H200 a completion_option training step
-# takes ~2.3 s: a dev setting is ~8 min, the test run ~6 and the peer ~8, so one dev setting fits a 30-minute
-# session and each more adds ~8 min.
+# The default dev settings: options shuffled per completion (train.option_order=per_completion: a choice by position
+# earns nothing within a group) with a KL anchor, at two learning rates below the 1e-4 that collapsed the policy
+# onto one position within ~30 steps in both earlier runs (benchmarks/README.md). The base model's option
+# likelihoods pick the gold option 34 % of the time, while its generated answers copy the first option: the
+# lower rates are to give GRPO room to trade position for content before the policy turns deterministic.
+# On an H200 a completion_option step takes ~2.3 s: a dev setting is ~10 min, the test run ~6, the peer ~9, so
+# one setting fits a 30-minute session with everything else; with two, run REAL_RUN_ONLY_DEV=1 in one session and
+# REAL_RUN_SETTING in the next.
 # Other forms: letters, "train.variant=completion_direct train.max_completion_length=4"; 3-shot prompts,
 # "prepare.n_shots=3 prepare.max_prompt_tokens=3072"; full fine-tuning, "train.finetune=full train.learning_rate=0.000001".
-default_dev="train.learning_rate=0.0001 train.beta=0.04 train.option_order=per_completion"
+default_dev="train.learning_rate=0.00003 train.beta=0.04 train.option_order=per_completion;train.learning_rate=0.00001 train.beta=0.04 train.option_order=per_completion"
 as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
 IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-$default_dev}"
 names=()
@@ -107,6 +111,11 @@ else
     stamp "best dev experiment: $best_exp ($chosen); applying it"
     dvc exp apply "$best_exp"
   fi
+fi
+if [ -n "${REAL_RUN_ONLY_DEV:-}" ]; then
+  echo "$chosen" > "$out/chosen_setting.txt"
+  stamp "REAL_RUN_ONLY_DEV: stopping after dev; run the test set later with REAL_RUN_SETTING=\"$chosen\""
+  exit 0
 fi
 mapfile -t chosen_flags < <(as_flags "$chosen")
 

@@ -69,3 +69,23 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     with tarfile.open(out / "results.tgz") as tar:
         assert {"metrics/comparison.json", "reports/report.md"} <= set(tar.getnames())
 
+
+
+def test_only_dev_stops_after_the_choice_and_names_it(tmp_path):
+    """REAL_RUN_ONLY_DEV: the dev queue runs and its choice is written for a later REAL_RUN_SETTING run; nothing
+    touches the test set."""
+    repo = setup_demo(ROOT, tmp_path / "repo", warm_start_steps=0)
+    race, out = race_tarball(tmp_path / "RACE.tar.gz"), tmp_path / "out"
+    setting = "train.learning_rate=0.0001 train.option_order=per_completion"
+    env = {**os.environ, "REAL_RUN_EXTRA": SMALL, "REAL_RUN_DTYPE": "float32", "REAL_RUN_DEV": setting,
+           "REAL_RUN_ONLY_DEV": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(ROOT / "benchmarks/real_270m.sh"), str(repo / TINY_MODEL), str(race), str(out)],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (out / "chosen_setting.txt").read_text().strip() == setting
+    assert "REAL_RUN_ONLY_DEV: stopping after dev" in run.stdout
+    assert not (out / "test_run.log").exists() and not (out / "peer_defaults").exists()
+    import yaml
+
+    applied = yaml.safe_load((repo / "params.yaml").read_text())  # the dev experiment, applied to the workspace
+    assert applied["prepare"]["eval_split"] == "dev" and applied["train"]["option_order"] == "per_completion"
