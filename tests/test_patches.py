@@ -36,6 +36,9 @@ def test_trainer_internals_the_rollouts_read_exist():
     from trl import GRPOTrainer
 
     assert list(inspect.signature(GRPOTrainer._tokenize_prompts).parameters) == ["self", "prompts"]
+    for method in ("_generate", "_generate_and_score_completions", "training_step"):  # StepPhases times these
+        assert callable(getattr(GRPOTrainer, method)), method
+    assert "self._generate(" in inspect.getsource(GRPOTrainer._generate_and_score_completions)
     init = inspect.getsource(GRPOTrainer.__init__)
     for attribute in ("self._tokenizer", "self.eos_token_ids", "self.max_completion_length", "self.temperature"):
         assert f"{attribute} =" in init, attribute

@@ -55,6 +55,10 @@ def test_grpo_trains_saves_adapter_and_resumes(tiny_model_params, tmp_path):
     adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert steps_logged(tmp_path / "live") == [1, 2, 3, 4]
+    # where a step's time goes: every phase was timed (a wrapper that never fired would leave a 0 or a negative)
+    phases = summary["step_phases_s_last10"]
+    assert set(phases) == {"rollouts", "rewards_and_reference", "policy_forward_backward", "optimizer"}
+    assert all(seconds > 0 for seconds in phases.values()), phases
     for name in ("reward_std.tsv", "kl.tsv", "loss.tsv", "completions/mean_length.tsv"):
         assert (tmp_path / "live" / "plots" / "metrics" / name).exists(), name
 

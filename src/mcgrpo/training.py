@@ -197,6 +197,54 @@ class FastRollouts:
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
 
+class StepPhases:
+    """Where each optimizer step's time goes, on this process: rollouts (sampling), rewards and reference (rewards,
+    advantages and TRL's no-grad log-prob passes), policy forward/backward (the rest of the step's training_step
+    calls), and the optimizer step. Each boundary waits for the GPU, so the parts hold the GPU's work."""
+
+    PHASES = ("rollouts", "rewards_and_reference", "policy_forward_backward", "optimizer")
+
+    def __init__(self, trainer):
+        from transformers import TrainerCallback
+
+        from mcgrpo.patches import time_trainer_method
+
+        self.steps, self._current = [], {}
+        for method in ("_generate", "_generate_and_score_completions", "training_step"):
+            time_trainer_method(trainer, method, self._add)
+        phases = self
+
+        class Callback(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                phases._optimizer_start = time.perf_counter()
+
+            def on_optimizer_step(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                phases._add("optimizer", time.perf_counter() - phases._optimizer_start)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                phases.steps.append(phases._current)
+                phases._current = {}
+
+        self.callback = Callback()
+
+    def _add(self, name: str, seconds: float) -> None:
+        self._current[name] = self._current.get(name, 0.0) + seconds
+
+    def last10(self) -> dict | None:
+        """Mean seconds per phase over the last 10 steps this process ran."""
+        if not self.steps:
+            return None
+        parts = [{"rollouts": t.get("_generate", 0.0),
+                  "rewards_and_reference": t.get("_generate_and_score_completions", 0.0) - t.get("_generate", 0.0),
+                  "policy_forward_backward": t.get("training_step", 0.0) - t.get("_generate_and_score_completions", 0.0),
+                  "optimizer": t.get("optimizer", 0.0)} for t in self.steps[-10:]]
+        return {name: round(sum(p[name] for p in parts) / len(parts), 3) for name in self.PHASES}
+
+
 # --- several processes: `accelerate launch`, one process per GPU -----------------------------------
 
 
@@ -441,6 +489,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     )
     if engine in ("hf", "hf_static"):  # TRL's rollouts call the policy's generate: keep them off SDPA's bad batches
         generate_with_eager_attention(trainer.model)
+    phases = StepPhases(trainer)
+    trainer.add_callback(phases.callback)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if main:
         with atomic_path(adapter_out) as tmp:
@@ -448,7 +498,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
             tokenizer.save_pretrained(tmp)
             _sort_target_modules(tmp / "adapter_config.json")
     summary = _summary(trainer.state.log_history, trainer.state.global_step, resume_step or 0,
-                       result.metrics.get("train_runtime", 0.0), procs, rollouts.seconds if rollouts else None)
+                       result.metrics.get("train_runtime", 0.0), procs, rollouts.seconds if rollouts else None,
+                       phases)
     if main:
         write_json(checkpoints / RUN_SUMMARY, summary)
     return summary
@@ -458,7 +509,7 @@ KL_SPIKE = 100.0
 
 
 def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtime_s: float, procs=None,
-             rollout_seconds: list[float] | None = None) -> dict:
+             rollout_seconds: list[float] | None = None, phases: StepPhases | None = None) -> dict:
     history = [h for h in log_history if "reward" in h]
     tail = history[-10:]
     summary = {
@@ -488,6 +539,8 @@ def _summary(log_history: list[dict], steps: int, resumed_from_step: int, runtim
     if rollout_seconds:  # fast rollouts time themselves: how much of a step is sampling, how much training
         later = (rollout_seconds[1:] or rollout_seconds)[-10:]  # the first call compiles
         summary["rollout_time_s_last10"] = round(sum(later) / len(later), 2)
+    if phases and (split := phases.last10()):
+        summary["step_phases_s_last10"] = split
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() / 2**30
         summary["peak_gpu_memory_gib"] = round(peak, 2)  # this process's GPU (the main one under accelerate)
