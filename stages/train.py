@@ -45,7 +45,8 @@ def main():
     summary = train_grpo(
         model, tokenizer, peft_config, records, p.train, shots=read_jsonl(paths.SHOTS), checkpoints=paths.CHECKPOINTS, adapter_out=paths.ADAPTER,
         live_dir=paths.TRAIN_LOGS, fingerprint=run_fingerprint(p.train, p.model, paths.TRAIN_SET, paths.REWARD_MODEL),
-        bf16=torch_dtype(p.model.dtype) == torch.bfloat16, reward_model_file=paths.REWARD_MODEL, engine=engine)
+        bf16=torch_dtype(p.model.dtype) == torch.bfloat16, reward_model_file=paths.REWARD_MODEL, engine=engine,
+        backend=backend)
     if process_state().is_main_process:
         write_json(paths.TRAIN_METRICS, {"backend": backend, "rollout_engine": engine, **summary})
         print(summary)

@@ -436,7 +436,7 @@ def _sort_target_modules(config_file: Path) -> None:
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
                live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "hf",
-               callbacks: tuple = (), shots: list[dict] = ()) -> dict:
+               callbacks: tuple = (), shots: list[dict] = (), backend: str = "transformers") -> dict:
     """Run (or resume) GRPO and save the LoRA adapter (or, without peft, the whole model) atomically; returns a
     summary for metrics.
 
@@ -487,7 +487,9 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
         peft_config=peft_config,
         callbacks=([live] if live else []) + [stop_on_non_finite_callback()] + list(callbacks), rollout_func=rollouts,
     )
-    if engine in ("hf", "hf_static"):  # TRL's rollouts call the policy's generate: keep them off SDPA's bad batches
+    # TRL's rollouts call the policy's generate: keep them off SDPA's bad batches. Unsloth patches attention its own
+    # way, and switching its implementation is untested, so its rollouts are left as they are.
+    if engine in ("hf", "hf_static") and backend == "transformers":
         generate_with_eager_attention(trainer.model)
     phases = StepPhases(trainer)
     trainer.add_callback(phases.callback)
