@@ -125,8 +125,9 @@ def test_fast_rollouts_follow_the_policy_through_the_cuda_graph(tiny_model_dir, 
 def test_generation_agrees_with_the_forward_past_the_sliding_window_on_cuda():
     """On an H200, SDPA `generate` on a left-padded Gemma 3 batch padded to 513 tokens (past the 512-token window,
     513 % 32 == 1) sampled from a wrong distribution (benchmarks/README.md). At Gemma 3 1B's shape (random weights,
-    float32) and that batch layout: under eager_attention_for_generation, generate's own scores must be the
-    forward pass's, and the fast engine's greedy tokens must be the forward's argmax at every step."""
+    float32) and that batch layout: under eager_attention_for_generation, generate's own scores must be the SDPA
+    forward pass's (what training scores them with), and the fast engine's greedy tokens must be an eager forward's
+    argmax at every step."""
     from mcgrpo.fast_generation import StaticGenerator
     from mcgrpo.generation import left_pad
     from mcgrpo.patches import eager_attention_for_generation
@@ -154,7 +155,8 @@ def test_generation_agrees_with_the_forward_past_the_sliding_window_on_cuda():
     sampled = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).gather(-1, tokens[..., None])
     assert (sampled - forward_logprobs(out.sequences).gather(-1, tokens[..., None])).abs().max() < 1e-3
 
-    generator = StaticGenerator(model, batch_size=len(rows), max_length=input_ids.shape[1] + new)
+    generator = StaticGenerator(model, batch_size=len(rows), max_length=input_ids.shape[1] + new)  # grouped attention
     fast = generator.generate(input_ids, mask, max_new_tokens=new, eos_token_ids=[], pad_token_id=0)[:, :new]
+    model.set_attn_implementation("eager")  # an independent reference for the fast engine's own attention
     logprobs = forward_logprobs(torch.cat([input_ids, fast], 1))
     assert (logprobs.max(-1).values - logprobs.gather(-1, fast[..., None])[..., 0]).max() < 1e-3
