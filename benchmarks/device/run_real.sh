@@ -27,6 +27,13 @@ python3 -c "import trl, datasets, dvc, torch, transformers, peft; print('trl', t
 git rev-parse HEAD 2>/dev/null || echo "no git here"
 [ -d /tmp/real/model ] || python3 -m mcgrpo.cli from-gguf /tmp/real/model --tokenizer /tmp/real/tokenizer.json --dtype float32
 echo "== model ready $(date -u +%T)"
+# First the GPU checks of what the CPU cannot test (generate vs forward past the sliding window; the fast engine)
+if [ -z "${SKIP_GPU_CHECK:-}" ]; then
+  timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py -k "sliding_window or matches_hf" \
+    > /tmp/real/out/gpu_tests.log 2>&1 || true
+  tail -5 /tmp/real/out/gpu_tests.log
+  echo "== gpu checks done $(date -u +%T)"
+fi
 if [ ! -d .git ]; then git init -q && printf '/.real/\n/.chunk*/\n/.whl/\n' >> .git/info/exclude && git add -A && git commit -qm snapshot; fi
 printf '/.real/\n/.chunk*/\n' >> .git/info/exclude
 git status --short | head
