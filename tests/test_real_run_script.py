@@ -76,7 +76,7 @@ def test_only_dev_stops_after_the_choice_and_names_it(tmp_path):
     touches the test set."""
     repo = setup_demo(ROOT, tmp_path / "repo", warm_start_steps=0)
     race, out = race_tarball(tmp_path / "RACE.tar.gz"), tmp_path / "out"
-    setting = "train.learning_rate=0.0001 train.option_order=per_completion"
+    setting = "train.learning_rate=0.0001 train.option_order=per_completion train.reward_weights.format=0"
     env = {**os.environ, "REAL_RUN_EXTRA": SMALL, "REAL_RUN_DTYPE": "float32", "REAL_RUN_DEV": setting,
            "REAL_RUN_ONLY_DEV": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks/real_270m.sh"), str(repo / TINY_MODEL), str(race), str(out)],
@@ -89,3 +89,5 @@ def test_only_dev_stops_after_the_choice_and_names_it(tmp_path):
 
     applied = yaml.safe_load((repo / "params.yaml").read_text())  # the dev experiment, applied to the workspace
     assert applied["prepare"]["eval_split"] == "dev" and applied["train"]["option_order"] == "per_completion"
+    weights = applied["train"]["reward_weights"]  # a nested key set through -S
+    assert weights["format"] == 0 and weights["correct"] == 1.0
