@@ -53,12 +53,18 @@ def test_report_has_every_section_with_numbers_from_metrics():
     # each reward's whole first docstring paragraph, not a first line cut mid-sentence
     assert "completion_option: one option's text, whole), else 0.0." in report
     assert "**last** declaration" in report and "restates" not in report
-    option_run = Params.model_validate({"train": {"variant": "completion_option"}})
+    assert "| option order | as in the data |" in report and "step time (mean of last 10)" not in report
+    option_run = Params.model_validate({"train": {"variant": "completion_option", "option_order": "per_completion"}})
+    phases = {"rollouts": 1.2, "rewards_and_reference": 0.3, "policy_forward_backward": 0.7, "optimizer": 0.05}
     option_report = build_report(params=option_run, stats=stats, base_metrics=base_m, tuned_metrics=tuned_m,
-                                 comparison=comparison, train_metrics=train, records=RECORDS, base_rows=BASE,
-                                 tuned_rows=TUNED, lock_hashes={}, plot_paths={})
+                                 comparison=comparison, train_metrics={**train, "step_time_s_last10": 2.2,
+                                                                       "step_phases_s_last10": phases},
+                                 records=RECORDS, base_rows=BASE, tuned_rows=TUNED, lock_hashes={}, plot_paths={})
     assert "the option the completion's first line restates" in option_report
     assert "options unlettered (`- ...`)" in option_report  # the trained variant's layout, in the prompt list
+    assert "| option order | shuffled for each completion |" in option_report
+    assert ("| step time (mean of last 10) | 2.2 s: rollouts 1.2 s, rewards and reference 0.3 s, policy forward "
+            "backward 0.7 s, optimizer 0.05 s |") in option_report
 
 
 def test_insights_state_significance():

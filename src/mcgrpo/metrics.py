@@ -178,8 +178,11 @@ def training_rows(tp, train_metrics: dict) -> list[list]:
         ["GRPO", f"loss {tp.loss_type}, beta {tp.beta}, epsilon {tp.epsilon}, scale_rewards {tp.scale_rewards}, "
                  f"temperature {tp.temperature}, max completion {tp.max_completion_length} tokens"],
         ["prompt variant", tp.variant],
+        ["option order", "shuffled for each completion" if tp.option_order == "per_completion" else "as in the data"],
         ["reward weights", ", ".join(f"{k} {v}" for k, v in tp.reward_weights.items())],
         ["reward (first step → mean of last 10)", f"{train_metrics.get('reward_first')} → "
                                                   f"{train_metrics.get('reward_last10')}"],
         ["runtime", f"{train_metrics.get('train_runtime_s')} s"],
-    ]
+    ] + ([["step time (mean of last 10)", f"{train_metrics.get('step_time_s_last10')} s: " + ", ".join(
+        f"{name.replace('_', ' ')} {seconds} s" for name, seconds in phases.items())]]
+         if (phases := train_metrics.get("step_phases_s_last10")) else [])
