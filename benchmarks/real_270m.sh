@@ -21,7 +21,8 @@
 # REAL_RUN_ONLY_DEV=1: stop after the dev choice, writing it to OUT/chosen_setting.txt. A session too short for the
 # whole run does dev in one hold and REAL_RUN_SETTING="$(cat chosen_setting.txt)" (test and peers) in the next.
 # REAL_RUN_DEV_DEADLINE (seconds after the start): dev experiments still running then are killed and the best
-# finished one is taken; with none finished the test run trains with REAL_RUN_FALLBACK (a setting), and says so.
+# finished one is taken; with none finished the test run trains with REAL_RUN_FALLBACK (a setting; by default the
+# first dev setting), and says so.
 # The model trains in fp32 (REAL_RUN_DTYPE): in bf16 its GRPO gradients turned NaN (benchmarks/README.md).
 # The repository must be a git repository with its changes committed (dvc exp needs a commit).
 set -euo pipefail
@@ -106,7 +107,7 @@ else
   dvc exp show --csv --only-changed > "$out/dev_exps.csv" || true
   best_exp=$(python "$here/best_dev_run.py" "$out/dev_exps.json")
   if [ "$best_exp" = None ]; then
-    chosen=${REAL_RUN_FALLBACK:?no dev experiment finished and REAL_RUN_FALLBACK is not set}
+    chosen=${REAL_RUN_FALLBACK:-${settings[0]}}
     stamp "no dev experiment finished: the test run trains with the fallback setting $chosen (NOT chosen on dev)"
   else
     for i in "${!names[@]}"; do [ "${names[$i]}" = "$best_exp" ] && chosen=${settings[$i]}; done

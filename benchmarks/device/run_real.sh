@@ -37,6 +37,7 @@ fi
 if [ ! -d .git ]; then git init -q && printf '/.real/\n/.chunk*/\n/.whl/\n' >> .git/info/exclude && git add -A && git commit -qm snapshot; fi
 printf '/.real/\n/.chunk*/\n' >> .git/info/exclude
 git status --short | head
-REAL_RUN_FALLBACK=${REAL_RUN_FALLBACK:-"train.learning_rate=0.0001 train.beta=0.04 train.option_order=per_completion"} REAL_RUN_DEV_DEADLINE=${REAL_RUN_DEV_DEADLINE:-840} REAL_RUN_PEERS=${REAL_RUN_PEERS:-defaults} \
-  bash benchmarks/real_270m.sh /tmp/real/model /tmp/real/RACE.tar.gz /tmp/real/out/run
+# A whole run in one 30-minute hold gives dev 14 min; a dev-only hold (REAL_RUN_ONLY_DEV) has no deadline.
+[ -n "${REAL_RUN_ONLY_DEV:-}" ] || export REAL_RUN_DEV_DEADLINE=${REAL_RUN_DEV_DEADLINE:-840}
+REAL_RUN_PEERS=${REAL_RUN_PEERS:-defaults} bash benchmarks/real_270m.sh /tmp/real/model /tmp/real/RACE.tar.gz /tmp/real/out/run
 echo "== finished $(date -u +%T)"

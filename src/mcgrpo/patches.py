@@ -54,28 +54,20 @@ def tokenize_prompts(trainer, prompts: list) -> list[list[int]]:
     return prompt_ids
 
 
-def time_trainer_method(trainer, name: str, record) -> None:
-    """Wrap one of GRPOTrainer's methods on this trainer so that each call's wall time (CUDA work included) goes to
+def time_trainer_method(trainer, name: str, record, clock) -> None:
+    """Wrap one of GRPOTrainer's methods on this trainer so that each call's time by `clock` goes to
     `record(name, seconds)`. Private: GRPOTrainer._generate (the rollouts: sampling only) and
     GRPOTrainer._generate_and_score_completions (rollouts, rewards, advantages and the no-grad log-prob passes); the
     public training_step (one micro-batch's forward and backward, and the generation when it is due) is timed the
     same way."""
     check_version("trl", f"GRPOTrainer.{name}")
-    import time
-
-    import torch
-
     plain = getattr(trainer, name)
 
     @functools.wraps(plain)
     def timed(*args, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         out = plain(*args, **kwargs)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        record(name, time.perf_counter() - start)
+        record(name, clock() - start)
         return out
 
     setattr(trainer, name, timed)

@@ -197,10 +197,17 @@ class FastRollouts:
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
 
+def gpu_clock() -> float:
+    """time.perf_counter() once the GPU has finished its queued work, so intervals hold the GPU's time."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class StepPhases:
     """Where each optimizer step's time goes, on this process: rollouts (sampling), rewards and reference (rewards,
     advantages and TRL's no-grad log-prob passes), policy forward/backward (the rest of the step's training_step
-    calls), and the optimizer step. Each boundary waits for the GPU, so the parts hold the GPU's work."""
+    calls), and the optimizer step, each measured with gpu_clock."""
 
     PHASES = ("rollouts", "rewards_and_reference", "policy_forward_backward", "optimizer")
 
@@ -211,19 +218,15 @@ class StepPhases:
 
         self.steps, self._current = [], {}
         for method in ("_generate", "_generate_and_score_completions", "training_step"):
-            time_trainer_method(trainer, method, self._add)
+            time_trainer_method(trainer, method, self._add, gpu_clock)
         phases = self
 
         class Callback(TrainerCallback):
             def on_pre_optimizer_step(self, args, state, control, **kwargs):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                phases._optimizer_start = time.perf_counter()
+                phases._optimizer_start = gpu_clock()
 
             def on_optimizer_step(self, args, state, control, **kwargs):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                phases._add("optimizer", time.perf_counter() - phases._optimizer_start)
+                phases._add("optimizer", gpu_clock() - phases._optimizer_start)
 
             def on_step_end(self, args, state, control, **kwargs):
                 phases.steps.append(phases._current)
