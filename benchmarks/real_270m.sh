@@ -23,7 +23,8 @@
 # REAL_RUN_DEV_DEADLINE (seconds after the start): dev experiments still running then are killed and the best
 # finished one is taken; with none finished the test run trains with REAL_RUN_FALLBACK (a setting; by default the
 # first dev setting), and says so.
-# The model trains in fp32 (REAL_RUN_DTYPE): in bf16 its GRPO gradients turned NaN (benchmarks/README.md).
+# The model trains in fp32 (REAL_RUN_DTYPE) with TF32 matmuls (REAL_RUN_TF32=false: plain fp32): in bf16 its GRPO
+# gradients turned NaN (benchmarks/README.md).
 # The repository must be a git repository with its changes committed (dvc exp needs a commit).
 set -euo pipefail
 model=$1 race=$2 out=$3
@@ -40,6 +41,7 @@ stamp() { echo "== $* ($(date -u +%T), $(( $(date +%s) - start )) s)"; }
 # (benchmarks/README.md). Rollouts are one line (an option is ~15 tokens, cut at 32), so TRL's own generate is used
 # (no compile to amortise), and a 270M model needs no gradient checkpointing.
 common=(-S "model.name=$model" -S model.backend=transformers -S "model.dtype=${REAL_RUN_DTYPE:-float32}"
+        -S "model.tf32=${REAL_RUN_TF32:-true}"
         -S prepare.source=race -S prepare.path=data/raw/RACE.tar.gz -S prepare.config=all
         -S prepare.n_train=2000 -S prepare.max_prompt_tokens=2048
         -S eval.batch_size=128 -S eval.max_new_tokens=128
@@ -57,19 +59,19 @@ dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eval.engine=auto
       -S "eval.variants=[${REAL_RUN_TEST_VARIANTS:-completion_direct,completion_option}]")
 
-# The default dev settings: options shuffled per completion (train.option_order=per_completion: a choice by position
-# earns nothing within a group), a KL anchor and lr 3e-5, with and without the format reward. In both earlier runs
-# (lr 1e-4, format weight 0.2) the first 30 steps learned to answer in format (30 % -> 96-98 %), correctness only
-# rising to the chance level of always answering, by copying one bullet position every time (entropy 0.01 by step
-# 30, benchmarks/README.md): with the format weight at 0 the only signal left is picking the right option's content.
-# The base model's option likelihoods pick the gold option 34 % of the time, so that content is there to find.
-# On an H200 a completion_option step takes ~2.3 s: a dev setting is ~10 min, the test run ~6, the peer ~9, so
-# one setting fits a 30-minute session with everything else; with two, run REAL_RUN_ONLY_DEV=1 in one session and
-# REAL_RUN_SETTING in the next.
+# The default dev setting: lr 1e-4, a KL anchor, options shuffled per completion (train.option_order=per_completion:
+# a choice by position earns nothing within a group) and no format reward. With the format reward (weight 0.2) every
+# run so far collapsed within ~30 steps onto copying one bullet position (entropy ~0.01); without it, at lr 3e-5, the
+# policy kept its entropy (0.3) and did 0.032 better on dev, but learned too slowly (dev +0.018), while lr 1e-4 was the
+# better rate with the format reward (results/2026-12-01_h200_real270m_dev_format). Matmuls run on TF32 tensor cores
+# (REAL_RUN_TF32, model.tf32); the earlier runs were plain fp32, where the policy's forward and backward took 1.0 s and
+# the rollouts 1.1 s of a 2.3 s step (metrics/train.json step_phases_s_last10).
+# On an H200 (fp32, no TF32) a completion_option step takes ~2.3 s: a dev setting is ~10 min, the test run ~6, the peer
+# ~9, so one setting fits a 30-minute session with everything else; with two, run REAL_RUN_ONLY_DEV=1 in one session
+# and REAL_RUN_SETTING in the next.
 # Other forms: letters, "train.variant=completion_direct train.max_completion_length=4"; 3-shot prompts,
 # "prepare.n_shots=3 prepare.max_prompt_tokens=3072"; full fine-tuning, "train.finetune=full train.learning_rate=0.000001".
-common_dev="train.learning_rate=0.00003 train.beta=0.04 train.option_order=per_completion"
-default_dev="$common_dev train.reward_weights.format=0;$common_dev"
+default_dev="train.learning_rate=0.0001 train.beta=0.04 train.option_order=per_completion train.reward_weights.format=0"
 as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
 IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-$default_dev}"
 names=()

@@ -24,6 +24,24 @@ def test_model_loads_on_cuda_in_bf16(tiny_model_dir):
     assert param.is_cuda and param.dtype == torch.bfloat16
 
 
+def test_tf32_param_puts_float32_matmuls_on_tensor_cores(tiny_model_dir):
+    """model.tf32 is in effect on the GPU: a float32 matmul's error against float64 grows to TF32's (10-bit
+    mantissa inputs: ~3e-4 of the largest entry here) and goes back to fp32's (~1e-7) with tf32 off."""
+    a, b = torch.randn(2, 2048, 2048, device="cuda", dtype=torch.float64)
+    exact = a @ b
+
+    def error():
+        return ((a.float() @ b.float()).double() - exact).abs().max().item() / exact.abs().max().item()
+    try:
+        load_model(ModelParams(name=str(tiny_model_dir), backend="transformers", dtype="float32", tf32=True))
+        tf32_error = error()
+        load_model(ModelParams(name=str(tiny_model_dir), backend="transformers", dtype="float32"))
+        fp32_error = error()
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert fp32_error < 1e-5 and tf32_error > 100 * fp32_error, (fp32_error, tf32_error)
+
+
 @pytest.mark.skipif(not importlib.util.find_spec("unsloth"), reason="unsloth not installed (make gpu)")
 def test_unsloth_backend_adds_lora(tiny_model_dir):
     from mcgrpo.params import LoraParams

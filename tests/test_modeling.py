@@ -5,7 +5,7 @@ import torch
 
 from mcgrpo.errors import UserError
 from mcgrpo.generation import generate
-from mcgrpo.modeling import load_model, pick_backend
+from mcgrpo.modeling import load_model, pick_backend, set_matmul_precision
 from mcgrpo.tiny import PRESETS, build_model
 from mcgrpo.params import ModelParams
 from mcgrpo.prompts import render_prompt
@@ -77,6 +77,22 @@ def test_backend_choice_on_cpu():
     assert pick_backend("auto") == "transformers"
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         pick_backend("unsloth")
+
+
+def test_tf32_switch_is_cuda_only_and_follows_the_param(monkeypatch, tiny_model_params):
+    before = torch.get_float32_matmul_precision()
+    try:
+        if not torch.cuda.is_available():  # on CPU the switch leaves oneDNN's fp32 matmuls alone
+            torch.set_float32_matmul_precision("highest")
+            load_model(tiny_model_params.model_copy(update={"tf32": True}))
+            assert torch.get_float32_matmul_precision() == "highest"
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        set_matmul_precision(True)
+        assert torch.get_float32_matmul_precision() == "high"
+        set_matmul_precision(False)  # every load sets it, so a later fp32-exact load is not left in TF32
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_plain_torch_logprobs_match_log_softmax():

@@ -35,6 +35,13 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def set_matmul_precision(tf32: bool) -> None:
+    """float32 matmuls on CUDA through TF32 tensor cores, or in full fp32. Process-wide (torch has no per-model
+    switch), so every load sets it; the CPU is left alone (oneDNN would read the same setting)."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
 def check_local_path(name: str, what: str = "model.name") -> None:
     """A name that is meant as a local path fails at once, not after a minute of Hub retries.
 
@@ -119,6 +126,7 @@ def load_model(p, adapter_dir=None, lora=None, seed=0, backend=None, full_finetu
     trains whole.
     """
     check_local_path(p.name)
+    set_matmul_precision(p.tf32)
     backend = backend or pick_backend(p.backend)
     training = lora is not None or full_finetune
     if full_finetune and backend == "unsloth":

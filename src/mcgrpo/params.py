@@ -55,6 +55,7 @@ class ModelParams(Section):
     # float16 is refused on purpose: Gemma 3 activations overflow in fp16.
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    tf32: bool = False  # float32 matmuls on CUDA through TF32 tensor cores (fp32 accumulate, 10-bit mantissa inputs)
     max_seq_length: int = Field(2048, gt=0)
     trust_remote_code: bool = False
 
