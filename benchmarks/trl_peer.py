@@ -5,7 +5,9 @@ beta 0, TRL's rollouts through `model.generate`, stopping at end-of-sequence onl
 set to the pipeline's (steps, prompts per step, group size, completion length, the reward and its weights),
 so both runs see the same number of completions. `--lora-r/--lr` give the stronger peer measured in
 `../shared/real-gemma` (LoRA r 16 on all linear layers, lr 5e-5). It evaluates with the pipeline's own
-routine on the same eval set and compares against the pipeline's baseline predictions (McNemar).
+routine on the same eval set and compares against the pipeline's baseline predictions (McNemar). The model loads
+as the pipeline's does, from params.yaml's `model` section (dtype unless --dtype, and `model.tf32`), so both train
+with the same arithmetic.
 
 Run from the project root after `dvc repro baseline` (it reads data/prepared/ and data/predictions/):
 
