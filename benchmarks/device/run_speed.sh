@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# How issue #19's speed figures are taken on the lent H200 (not part of the product). One call carries .whl (the
+# wheels of ../shared/device/wheels.sh) and .bench: race_train64.jsonl and race_test_full.jsonl from
+# benchmarks/make_race_sample.py, the official Gemma 3 tokenizer as tokenizer.json.xz, and the platformdirs and
+# pyyaml wheels the GPU image lacks. It starts this script detached and polls it:
+#   (setsid nohup bash benchmarks/device/run_speed.sh "$PWD" > /tmp/speed/out/device.log 2>&1 < /dev/null &)
+#   bash benchmarks/device/poll.sh 540 /tmp/speed
+# In a copy of the tree, one after the other on the GPU: decode (generation.py: the default engine against HF's
+# compiled static cache), the GRPO step (grpo_step.py: the pipeline against TRL's defaults), and the whole-test-set
+# baseline stage (real_scale.py: log-likelihood plus two variants, 256 new tokens). Results land in /tmp/speed/out.
+set -uo pipefail
+mkdir -p /tmp/speed/out /tmp/site
+echo $$ > /tmp/speed/device.pid
+repo=/tmp/speed/repo out=/tmp/speed/out
+mkdir -p $repo && (cd "$1" && tar cf - --exclude='./.chunk*' --exclude=./.real --exclude=./.whl .) | (cd $repo && tar xf -)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$1"/.whl/*.whl "$1"/.bench/*.whl
+tok=/tmp/speed/tokenizer.json
+[ -f $tok ] || python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('$repo/.bench/tokenizer.json.xz'),open('$tok','wb'))"
+export PYTHONPATH=/tmp/site:$repo/src PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
+cd "$repo"
+stamp() { echo "== $* ($(date -u +%T))"; }
+stamp start; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import trl, torch, transformers; print('trl', trl.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+stamp decode
+timeout 240 python3 benchmarks/generation.py --engines static_generator,hf_static --out $out/generation.json \
+  > $out/generation.log 2>&1; echo "rc $?"; tail -3 $out/generation.log
+stamp "grpo step"
+timeout 420 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok --steps 5 \
+  --out $out/grpo_step.json > $out/grpo_step.log 2>&1; echo "rc $?"; tail -2 $out/grpo_step.log
+stamp "baseline stage, whole test set"
+timeout 420 python3 benchmarks/real_scale.py --race .bench/race_test_full.jsonl --race-train .bench/race_train64.jsonl \
+  --n-eval 0 --stages prepare,baseline --tokenizer $tok --set prepare.max_prompt_tokens=2048 \
+  --set eval.batch_size=256 --out $out/baseline > $out/baseline.log 2>&1; echo "rc $?"; tail -3 $out/baseline.log
+stamp done
