@@ -149,6 +149,7 @@ for name in args.paths.split(","):
         torch.cuda.reset_peak_memory_stats()
     result["paths"][name] = runs[name]()
     print(json.dumps(result["paths"][name]), flush=True)
+    write_json(args.out, result)  # after each path: a run cut short keeps what it measured
 if {"pipeline", "trl_defaults"} <= set(result["paths"]):
     result["speedup_vs_trl_defaults"] = round(result["paths"]["pipeline"]["completions_per_s"]
                                               / result["paths"]["trl_defaults"]["completions_per_s"], 2)
