@@ -92,10 +92,12 @@ class StepClock:
         self.callback = Callback()
 
 
-def figures(seconds: list[float], phases: dict | None) -> dict:
-    timed = seconds[args.warmup:] or seconds
-    return {"step_s": [round(s, 3) for s in seconds], "median_step_s": round(statistics.median(timed), 3),
-            "completions_per_s": round(completions / statistics.median(timed), 2), "step_phases_s_last10": phases,
+def figures(seconds: list[float], phases: StepPhases) -> dict:
+    """Rates over the steps after --warmup (all of them when there are no more)."""
+    first = args.warmup if len(seconds) > args.warmup else 0
+    median = statistics.median(seconds[first:])
+    return {"step_s": [round(s, 3) for s in seconds], "median_step_s": round(median, 3),
+            "completions_per_s": round(completions / median, 2), "step_phases_s_after_warmup": phases.mean(first),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available()
             else None}
 
@@ -109,12 +111,13 @@ def run_pipeline() -> dict:
     if p.train.grouped_attention:
         use_grouped_attention(model)
     engine = rollout_engine(p.train, "transformers")
-    clock = StepClock()
+    clock, phases = StepClock(), StepPhases()
     summary = train_grpo(model, tokenizer, peft_config, records, p.train, checkpoints=work / "checkpoints",
                          adapter_out=work / "adapter", live_dir=work / "live", fingerprint={"benchmark": 1},
-                         bf16=bf16, engine=engine, callbacks=(clock.callback,))
+                         bf16=bf16, engine=engine, callbacks=(clock.callback,), phases=phases)
     return {"rollout_engine": engine, "finetune": p.train.finetune, "gradient_checkpointing":
-            p.train.gradient_checkpointing, **figures(clock.seconds, summary.get("step_phases_s_last10"))}
+            p.train.gradient_checkpointing, "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),
+            **figures(clock.seconds, phases)}
 
 
 def run_trl_defaults() -> dict:
@@ -126,12 +129,12 @@ def run_trl_defaults() -> dict:
                         reward_weights=[w for w in p.train.reward_weights.values() if w])
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(p.train), args=config, processing_class=tokenizer,
                           train_dataset=grpo_dataset(records, p.train.variant))
-    clock, phases = StepClock(), StepPhases(trainer)
+    clock, phases = StepClock(), StepPhases()
     trainer.add_callback(clock.callback)
-    trainer.add_callback(phases.callback)
+    phases.attach(trainer)
     trainer.train()
     return {"rollout_engine": "hf (model.generate)", "finetune": "full", "gradient_checkpointing":
-            config.gradient_checkpointing, **figures(clock.seconds, phases.last10())}
+            config.gradient_checkpointing, **figures(clock.seconds, phases)}
 
 
 runs = {"pipeline": run_pipeline, "trl_defaults": run_trl_defaults}

@@ -80,7 +80,7 @@ def test_decode_and_training_scripts(tmp_path, questions):
     assert step["reward_weights"]["format"] == 0  # a nested --set reached the params
     for path in step["paths"].values():
         assert len(path["step_s"]) == 2 and path["completions_per_s"] > 0
-        assert set(path["step_phases_s_last10"]) == {"rollouts", "rewards_and_reference", "policy_forward_backward",
+        assert set(path["step_phases_s_after_warmup"]) == {"rollouts", "rewards_and_reference", "policy_forward_backward",
                                                      "optimizer"}
     assert step["paths"]["pipeline"]["rollout_engine"] == "fast" and step["speedup_vs_trl_defaults"] > 0
     learn = json.loads((out / "learnability" / "learnability.json").read_text())

@@ -207,16 +207,18 @@ def gpu_clock() -> float:
 class StepPhases:
     """Where each optimizer step's time goes, on this process: rollouts (sampling), rewards and reference (rewards,
     advantages and TRL's no-grad log-prob passes), policy forward/backward (the rest of the step's training_step
-    calls), and the optimizer step, each measured with gpu_clock."""
+    calls), and the optimizer step, each measured with gpu_clock. `attach` puts the timers on a trainer."""
 
     PHASES = ("rollouts", "rewards_and_reference", "policy_forward_backward", "optimizer")
 
-    def __init__(self, trainer):
+    def __init__(self):
+        self.steps, self._current = [], {}
+
+    def attach(self, trainer) -> None:
         from transformers import TrainerCallback
 
         from mcgrpo.patches import time_trainer_method
 
-        self.steps, self._current = [], {}
         for method in ("_generate", "_generate_and_score_completions", "training_step"):
             time_trainer_method(trainer, method, self._add, gpu_clock)
         phases = self
@@ -232,20 +234,24 @@ class StepPhases:
                 phases.steps.append(phases._current)
                 phases._current = {}
 
-        self.callback = Callback()
+        trainer.add_callback(Callback())
 
     def _add(self, name: str, seconds: float) -> None:
         self._current[name] = self._current.get(name, 0.0) + seconds
 
-    def last10(self) -> dict | None:
-        """Mean seconds per phase over the last 10 steps this process ran."""
-        if not self.steps:
+    def mean(self, first: int = 0, last: int | None = None) -> dict | None:
+        """Mean seconds per phase over steps[first:last] of this process (None before any step)."""
+        timed = self.steps[first:last]
+        if not timed:
             return None
         parts = [{"rollouts": t.get("_generate", 0.0),
                   "rewards_and_reference": t.get("_generate_and_score_completions", 0.0) - t.get("_generate", 0.0),
                   "policy_forward_backward": t.get("training_step", 0.0) - t.get("_generate_and_score_completions", 0.0),
-                  "optimizer": t.get("optimizer", 0.0)} for t in self.steps[-10:]]
+                  "optimizer": t.get("optimizer", 0.0)} for t in timed]
         return {name: round(sum(p[name] for p in parts) / len(parts), 3) for name in self.PHASES}
+
+    def last10(self) -> dict | None:
+        return self.mean(first=-10)
 
 
 # --- several processes: `accelerate launch`, one process per GPU -----------------------------------
@@ -439,9 +445,11 @@ def _sort_target_modules(config_file: Path) -> None:
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
                live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "hf",
-               callbacks: tuple = (), shots: list[dict] = (), backend: str = "transformers") -> dict:
+               callbacks: tuple = (), shots: list[dict] = (), backend: str = "transformers",
+               phases: StepPhases | None = None) -> dict:
     """Run (or resume) GRPO and save the LoRA adapter (or, without peft, the whole model) atomically; returns a
-    summary for metrics.
+    summary for metrics. `phases`: a StepPhases to time the steps with (a caller that wants every step's split
+    passes its own; the summary holds the last 10 steps' mean).
 
     Under `accelerate launch` every process runs this; only the main one touches the checkpoint
     folder's marker, the curves and the adapter.
@@ -494,8 +502,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     # way, and switching its implementation is untested, so its rollouts are left as they are.
     if engine in ("hf", "hf_static") and backend == "transformers":
         generate_with_eager_attention(trainer.model)
-    phases = StepPhases(trainer)
-    trainer.add_callback(phases.callback)
+    phases = phases or StepPhases()
+    phases.attach(trainer)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if main:
         with atomic_path(adapter_out) as tmp:
