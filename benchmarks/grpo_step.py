@@ -46,7 +46,8 @@ parser.add_argument("--new", type=int, default=256, help="train.max_completion_l
 parser.add_argument("--micro-batch", type=int, default=16, help="train.per_device_train_batch_size")
 parser.add_argument("--paths", default="pipeline,trl_defaults")
 parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="a params override for the pipeline path, as with `dvc exp run -S` (repeatable)")
+                    help="a params override, as with `dvc exp run -S` (repeatable): both paths take the model, "
+                         "prompt variant and reward weights from the params; only the pipeline takes the rest of train")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
