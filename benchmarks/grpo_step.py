@@ -26,11 +26,10 @@ import torch
 
 from mcgrpo.fileio import read_jsonl, write_json
 from mcgrpo.modeling import load_model, torch_dtype
-import yaml
-
-from mcgrpo.params import deep_merge, parse_params, read_raw_params
+from mcgrpo.params import deep_merge, override, parse_params, read_raw_params
 from mcgrpo.tiny import build_tiny_model
-from mcgrpo.training import StepPhases, gpu_clock, grpo_dataset, reward_functions, rollout_engine, train_grpo
+from mcgrpo.training import (StepPhases, gpu_clock, grpo_dataset, load_policy, reward_functions, rollout_engine,
+                             train_grpo)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,12 +56,8 @@ if completions % args.micro_batch:
 shape = {"max_steps": args.steps, "num_generations": args.generations, "max_completion_length": args.new,
          "per_device_train_batch_size": args.micro_batch, "gradient_accumulation_steps": completions // args.micro_batch}
 raw = read_raw_params(ROOT / "params.yaml")
-for override in args.set:  # section.key=value, or section.key.subkey=value
-    key, value = override.split("=", 1)
-    nested = yaml.safe_load(value)
-    for part in reversed(key.split(".")):
-        nested = {part: nested}
-    raw = deep_merge(raw, nested)
+for assignment in args.set:
+    raw = override(raw, assignment)
 work = Path(tempfile.mkdtemp(prefix="grpo-step-"))
 raw = deep_merge(raw, {"model": {"name": str(work / "model"), "backend": "transformers"},
                        "train": {**shape, "save_steps": 10_000}})  # no checkpoint writes inside the timed steps
@@ -104,13 +99,7 @@ def figures(seconds: list[float], phases: StepPhases) -> dict:
 
 
 def run_pipeline() -> dict:
-    from mcgrpo.fast_generation import use_grouped_attention
-
-    lora = None if p.train.finetune == "full" else p.train.lora
-    model, tokenizer, peft_config = load_model(p.model, lora=lora, seed=p.train.seed, backend="transformers",
-                                               full_finetune=lora is None)
-    if p.train.grouped_attention:
-        use_grouped_attention(model)
+    model, tokenizer, peft_config = load_policy(p, "transformers")
     engine = rollout_engine(p.train, "transformers")
     clock, phases = StepClock(), StepPhases()
     summary = train_grpo(model, tokenizer, peft_config, records, p.train, checkpoints=work / "checkpoints",

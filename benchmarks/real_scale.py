@@ -17,12 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from transformers import AutoTokenizer
 
 from mcgrpo.fileio import read_jsonl
-from mcgrpo.params import TrainParams, deep_merge, read_raw_params, write_params
+from mcgrpo.params import TrainParams, deep_merge, override, read_raw_params, write_params
 from mcgrpo.tiny import build_tiny_model, question_texts
 from mcgrpo.training import accelerate_command
 
@@ -90,10 +88,8 @@ params = deep_merge(read_raw_params(ROOT / "params.yaml"), {
     "train": {"max_steps": args.steps, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 8,
               "num_generations": 8, "max_completion_length": 256, "save_steps": 1000, "logging_steps": 1},
 })
-for item in args.set:
-    key, value = item.split("=", 1)
-    section, name = key.split(".", 1)
-    params = deep_merge(params, {section: {name: yaml.safe_load(value)}})
+for assignment in args.set:
+    params = override(params, assignment)
 write_params(work / "params.yaml", params)
 
 env_path = f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"

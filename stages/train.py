@@ -24,20 +24,13 @@ def main():
     records = read_jsonl(paths.TRAIN_SET)
     backend = training_backend(p.model.backend, p.train)  # before TRL is imported: Unsloth must patch it first
 
-    from mcgrpo.modeling import load_model, torch_dtype
-
-    full = p.train.finetune == "full"
-    model, tokenizer, peft_config = load_model(p.model, lora=None if full else p.train.lora, seed=p.train.seed,
-                                               backend=backend, full_finetune=full)
-    if p.train.grouped_attention and backend == "transformers":
-        from mcgrpo.fast_generation import use_grouped_attention
-
-        use_grouped_attention(model)
-    print(f"backend: {backend}, {len(records)} training prompts, {p.train.max_steps} steps")
-
     import torch
 
-    from mcgrpo.training import process_state, rollout_engine, run_fingerprint, train_grpo
+    from mcgrpo.modeling import torch_dtype
+    from mcgrpo.training import load_policy, process_state, rollout_engine, run_fingerprint, train_grpo
+
+    model, tokenizer, peft_config = load_policy(p, backend)
+    print(f"backend: {backend}, {len(records)} training prompts, {p.train.max_steps} steps")
 
     engine = rollout_engine(p.train, backend)
     print(f"rollouts: {engine}")

@@ -116,3 +116,15 @@ def test_auto_backend_trains_through_transformers_where_the_fast_rollouts_apply(
     assert rollout_engine(TrainParams(), training_backend("auto", TrainParams())) == "fast"
     assert training_backend("unsloth", TrainParams(rollout_engine="hf")) == "unsloth"  # asked for by name
     assert training_backend("auto", TrainParams(num_processes=2)) == "transformers"
+
+
+def test_override_applies_a_dvc_style_assignment():
+    from mcgrpo.params import override
+
+    raw = {"train": {"learning_rate": 1e-5, "reward_weights": {"correct": 1.0, "format": 0.2}}}
+    out = override(override(raw, "train.reward_weights.format=0"), "eval.variants=[completion_direct]")
+    assert out["train"] == {"learning_rate": 1e-5, "reward_weights": {"correct": 1.0, "format": 0}}
+    assert out["eval"] == {"variants": ["completion_direct"]}
+    assert raw["train"]["reward_weights"]["format"] == 0.2  # the input is left as it was
+    with pytest.raises(UserError, match="expected section.key=value"):
+        override(raw, "learning_rate=1e-5")

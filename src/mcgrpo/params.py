@@ -330,6 +330,18 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def override(raw: dict, assignment: str) -> dict:
+    """raw params with one `dvc exp run -S` style assignment applied: "section.key=value", or a dotted path into
+    a nested mapping ("train.reward_weights.format=0"); the value is read as YAML."""
+    key, sep, value = assignment.partition("=")
+    if not sep or "." not in key:
+        raise UserError(f"{assignment!r}: expected section.key=value (e.g. train.learning_rate=1e-5)")
+    nested = yaml.safe_load(value)
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return deep_merge(raw, nested)
+
+
 def write_params(path, raw: dict) -> Params:
     """Validate raw params, then write them to path atomically: a bad value fails here, naming the key, and
     leaves the file as it was."""

@@ -239,9 +239,9 @@ class StepPhases:
     def _add(self, name: str, seconds: float) -> None:
         self._current[name] = self._current.get(name, 0.0) + seconds
 
-    def mean(self, first: int = 0, last: int | None = None) -> dict | None:
-        """Mean seconds per phase over steps[first:last] of this process (None before any step)."""
-        timed = self.steps[first:last]
+    def mean(self, first: int = 0) -> dict | None:
+        """Mean seconds per phase over steps[first:] of this process (None before any step)."""
+        timed = self.steps[first:]
         if not timed:
             return None
         parts = [{"rollouts": t.get("_generate", 0.0),
@@ -441,6 +441,21 @@ def _sort_target_modules(config_file: Path) -> None:
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_policy(p, backend: str):
+    """(model, tokenizer, peft_config) to train: LoRA unless train.finetune is full, with grouped attention when
+    train.grouped_attention asks for it (transformers backend)."""
+    from mcgrpo.modeling import load_model
+
+    full = p.train.finetune == "full"
+    model, tokenizer, peft_config = load_model(p.model, lora=None if full else p.train.lora, seed=p.train.seed,
+                                               backend=backend, full_finetune=full)
+    if p.train.grouped_attention and backend == "transformers":
+        from mcgrpo.fast_generation import use_grouped_attention
+
+        use_grouped_attention(model)
+    return model, tokenizer, peft_config
 
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
