@@ -59,19 +59,18 @@ dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eval.engine=auto
       -S "eval.variants=[${REAL_RUN_TEST_VARIANTS:-completion_direct,completion_option}]")
 
-# The default dev setting: lr 1e-4, a KL anchor, options shuffled per completion (train.option_order=per_completion:
-# a choice by position earns nothing within a group) and no format reward. With the format reward (weight 0.2) every
-# run so far collapsed within ~30 steps onto copying one bullet position (entropy ~0.01); without it, at lr 3e-5, the
-# policy kept its entropy (0.3) and did 0.032 better on dev, but learned too slowly (dev +0.018), while lr 1e-4 was the
-# better rate with the format reward (results/2026-12-01_h200_real270m_dev_format). Matmuls run on TF32 tensor cores
-# (REAL_RUN_TF32, model.tf32); the earlier runs were plain fp32, where the policy's forward and backward took 1.0 s and
-# the rollouts 1.1 s of a 2.3 s step (metrics/train.json step_phases_s_last10).
-# On an H200 (fp32, no TF32) a completion_option step takes ~2.3 s: a dev setting is ~10 min, the test run ~6, the peer
-# ~9, so one setting fits a 30-minute session with everything else; with two, run REAL_RUN_ONLY_DEV=1 in one session
-# and REAL_RUN_SETTING in the next.
+# The default dev setting: lr 3e-5, a KL anchor, options shuffled per completion (train.option_order=per_completion:
+# a choice by position earns nothing within a group) and no format reward. Every run at lr 1e-4 collapsed onto
+# restating one option position (entropy ~0.01): with the format reward (weight 0.2) within ~30 steps, and without it
+# by step ~150 (results/2026-12-02_h200_real270m_lr1e-4_noformat: every test answer the first option). lr 3e-5
+# without the format reward is the one setting whose entropy held (0.3; dev +0.018,
+# results/2026-12-01_h200_real270m_dev_format). Matmuls run on TF32 tensor cores (REAL_RUN_TF32, model.tf32).
+# On an H200 with TF32 a completion_option step takes ~1.9 s: the dev setting took 515 s, the test run 204 s and the
+# peer 324 s, 17.4 min in all, so one setting fits a 30-minute session with everything else; with two, run
+# REAL_RUN_ONLY_DEV=1 in one session and REAL_RUN_SETTING in the next.
 # Other forms: letters, "train.variant=completion_direct train.max_completion_length=4"; 3-shot prompts,
 # "prepare.n_shots=3 prepare.max_prompt_tokens=3072"; full fine-tuning, "train.finetune=full train.learning_rate=0.000001".
-default_dev="train.learning_rate=0.0001 train.beta=0.04 train.option_order=per_completion train.reward_weights.format=0"
+default_dev="train.learning_rate=0.00003 train.beta=0.04 train.option_order=per_completion train.reward_weights.format=0"
 as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
 IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-$default_dev}"
 names=()
