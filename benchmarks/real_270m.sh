@@ -15,7 +15,9 @@
 #    evaluate, plots, report and publish on the test set;
 # 3. the plain-TRL peers named in REAL_RUN_PEERS ("defaults lora"; benchmarks/trl_peer.py, fp32 unless
 #    REAL_RUN_PEER_DTYPE), one after the other, trained and evaluated on the test run's prepared data;
-# 4. OUT/: logs, dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
+# 4. the reading check (benchmarks/reading_ablation.py) of the base and the fine-tuned model on the test questions:
+#    option log-likelihood with and without the article (REAL_RUN_READING=0 skips it);
+# 5. OUT/: logs, dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
 # REAL_RUN_TEST_VARIANTS (completion_direct,completion_option): the test run's generate variants, besides log-likelihood.
 # REAL_RUN_SETTING (a setting like one of REAL_RUN_DEV's): no dev queue; the test run trains with it.
 # REAL_RUN_ONLY_DEV=1: stop after the dev choice, writing it to OUT/chosen_setting.txt. A session too short for the
@@ -147,4 +149,17 @@ for peer in ${REAL_RUN_PEERS:-defaults lora}; do
     || { tail -30 "$out/peer_$peer.log"; exit 1; }
   tail -3 "$out/peer_$peer.log"
 done
+# Last, whether either model reads the passage: option log-likelihood with and without the article on the test
+# questions, for the base and the fine-tuned model (benchmarks/reading_ablation.py; REAL_RUN_READING=0 skips it).
+if [ "${REAL_RUN_READING:-1}" != 0 ]; then
+  tf32=(); [ "${REAL_RUN_TF32:-true}" = true ] && tf32=(--tf32)
+  for which in base tuned; do
+    stamp "reading check: $which"
+    adapter=(); [ "$which" = tuned ] && adapter=(--adapter models/adapter)
+    python "$here/reading_ablation.py" --model "$model" --dtype "${REAL_RUN_DTYPE:-float32}" "${tf32[@]}" "${adapter[@]}" \
+      --questions data/prepared/eval.jsonl --out "$out/reading_$which.json" > "$out/reading_$which.log" 2>&1 \
+      || { tail -30 "$out/reading_$which.log"; exit 1; }
+    tail -1 "$out/reading_$which.log"
+  done
+fi
 stamp "done"

@@ -98,3 +98,20 @@ def test_real_scale(tmp_path, questions):
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings["stage_seconds"]) == {"prepare", "train"}  # baseline and evaluate: tests/test_pipeline.py
     assert json.loads((out / "train.json").read_text())["steps"] == 1
+
+
+def test_reading_ablation(tmp_path, questions, tiny_model_dir):
+    """With and without the article on the same questions, and a clear error when there is no article to remove."""
+    out = tmp_path / "reading.json"
+    run_all({"reading": command("reading_ablation.py", "--model", tiny_model_dir, "--questions", questions, "--n", 6,
+                                "--out", out)})
+    result = json.loads(out.read_text())
+    assert result["n"] == 6 and set(result) >= {"with_article", "without_article", "reading_gain"}
+    assert result["reading_gain"] == round(result["with_article"]["accuracy"] - result["without_article"]["accuracy"], 4)
+    assert sum(result["gold_letters"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert result["best_position_only_accuracy"] == max(result["gold_letters"].values())
+    no_passage = tmp_path / "no_passage.jsonl"
+    write_jsonl(no_passage, [{**r, "context": ""} for r in make_synthetic_mc(4, seed=1)])
+    failed = subprocess.run(command("reading_ablation.py", "--model", tiny_model_dir, "--questions", no_passage,
+                                    "--out", tmp_path / "x.json"), capture_output=True, text=True)
+    assert failed.returncode == 2 and "no record has a passage" in failed.stderr and not (tmp_path / "x.json").exists()

@@ -66,6 +66,10 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     metrics = json.loads((out / "peer_defaults" / "metrics.json").read_text())
     assert metrics["settings"]["max_steps"] == 2 and "completion_option" in metrics["comparison"]
     assert not (out / "peer_lora").exists()  # REAL_RUN_PEERS chose which peers run
+    for which in ("base", "tuned"):  # the reading check, both models, on the test run's questions
+        reading = json.loads((out / f"reading_{which}.json").read_text())
+        assert reading["n"] == 8 and "reading_gain" in reading
+    assert json.loads((out / "reading_tuned.json").read_text())["adapter"] == "models/adapter"
     with tarfile.open(out / "results.tgz") as tar:
         assert {"metrics/comparison.json", "reports/report.md"} <= set(tar.getnames())
 
