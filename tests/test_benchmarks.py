@@ -115,3 +115,20 @@ def test_reading_ablation(tmp_path, questions, tiny_model_dir):
     failed = subprocess.run(command("reading_ablation.py", "--model", tiny_model_dir, "--questions", no_passage,
                                     "--out", tmp_path / "x.json"), capture_output=True, text=True)
     assert failed.returncode == 2 and "no record has a passage" in failed.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_base_variants(tmp_path, questions, tiny_model_dir):
+    """Each shot count answers the same sample under each variant; shots without a train file are refused."""
+    out = tmp_path / "base_variants.json"
+    run_all({"base_variants": command("base_variants.py", "--model", tiny_model_dir, "--questions", questions,
+                                      "--train", questions, "--n", 4, "--shots", "0,2", "--max-new-tokens", 4,
+                                      "--out", out)})
+    result = json.loads(out.read_text())
+    assert set(result["by_shots"]) == {"0", "2"} and result["n"] == 4
+    assert result["by_shots"]["0"]["shot_ids"] == [] and len(result["by_shots"]["2"]["shot_ids"]) == 2
+    for by in result["by_shots"].values():
+        assert set(by["variants"]) == {"completion_option", "completion_direct"}
+        assert 0 <= by["variants"]["completion_option"]["accuracy"] <= 1
+    failed = subprocess.run(command("base_variants.py", "--model", tiny_model_dir, "--questions", questions,
+                                    "--shots", "3", "--out", tmp_path / "x.json"), capture_output=True, text=True)
+    assert failed.returncode == 2 and "give --train" in failed.stderr and not (tmp_path / "x.json").exists()
