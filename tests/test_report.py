@@ -1,6 +1,6 @@
 from mcgrpo.metrics import compare, summarize
 from mcgrpo.params import Params
-from mcgrpo.report import build_report, insights, position_warning, select_examples
+from mcgrpo.report import blind_ceiling_note, build_report, insights, position_warning, select_examples
 
 
 def rec(i, context_len):
@@ -138,3 +138,12 @@ def test_position_warning_when_accuracy_is_what_letter_shares_give():
     assert "0.256" in warning and "0.249" in warning and "not reading" in warning
     assert position_warning("cot", {"accuracy": 0.40, "position_only_accuracy": 0.25}) is None
     assert position_warning("cot", {"accuracy": 0.40}) is None  # metrics from before the key existed
+
+
+def test_blind_ceiling_note_when_accuracy_is_not_above_the_most_common_gold_letter():
+    # the real 270M's seventh-session run: 0.2136 on a test set whose most common gold letter (C) is 26.83 %
+    gold = {"A": 0.2154, "B": 0.2681, "C": 0.2683, "D": 0.2481}
+    note = blind_ceiling_note("completion_option", {"accuracy": 0.2136, "gold_letters": gold})
+    assert "0.214" in note and "0.268" in note and "always answering C" in note
+    assert blind_ceiling_note("completion_option", {"accuracy": 0.30, "gold_letters": gold}) is None
+    assert blind_ceiling_note("completion_option", {"accuracy": 0.25}) is None  # no gold shares recorded

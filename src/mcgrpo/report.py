@@ -75,6 +75,8 @@ def insights(comparison: dict, base: dict, tuned: dict, train_metrics: dict, alp
                        "part of its accuracy may be position preference rather than reading.")
         if warning := position_warning(variant, tuned.get(variant, {})):
             out.append(warning)
+        if note := blind_ceiling_note(variant, tuned.get(variant, {})):
+            out.append(note)
     if train_metrics.get("reward_first") is not None:
         out.append(f"Training reward went from {train_metrics['reward_first']} (first step) to "
                    f"{train_metrics['reward_last10']} (mean of the last 10 steps) over {train_metrics['steps']} steps.")
@@ -96,6 +98,20 @@ def position_warning(variant: str, m: dict, margin: float = 0.02) -> str | None:
     return (f"`{variant}`: the fine-tuned accuracy {accuracy:.3f} is within {margin} of {position_only:.3f}, what a "
             "model answering as often with the same letter shares, blind to the question, would score "
             "(`position_only_accuracy`): the model is not reading the passage better than chance.")
+
+
+def blind_ceiling_note(variant: str, m: dict) -> str | None:
+    """A sentence when the fine-tuned accuracy is not above what always giving the eval set's most common gold letter
+    scores: the most any model blind to the questions can reach here, so nothing at this level shows reading."""
+    accuracy, gold = m.get("accuracy"), m.get("gold_letters")
+    if accuracy is None or not gold:
+        return None
+    letter = max(gold, key=gold.get)
+    if accuracy > gold[letter]:
+        return None
+    return (f"`{variant}`: the fine-tuned accuracy {accuracy:.3f} is not above {gold[letter]:.3f}, what always answering "
+            f"{letter} scores on this eval set (its most common gold letter): a model that never reads the questions "
+            "can reach this level, so the result does not show reading.")
 
 
 def collapse_warning(train_metrics: dict, max_entropy: float = 0.05, min_frac_zero_std: float = 0.9) -> str | None:
