@@ -12,12 +12,11 @@ options alone (their wording, their length, how likely each is as an answer). Th
 import argparse
 import random
 import time
-from collections import Counter
 
 from mcgrpo.data.stats import question_kind
 from mcgrpo.fileio import read_jsonl, write_json
-from mcgrpo.loglik import loglik_rows
-from mcgrpo.metrics import bootstrap_ci, mcnemar_exact
+from mcgrpo.loglik import VARIANT, loglik_rows
+from mcgrpo.metrics import compare, summarize
 from mcgrpo.modeling import load_model
 from mcgrpo.params import ModelParams
 
@@ -41,21 +40,20 @@ if not any(r.get("context") for r in records):
 model, tokenizer, _ = load_model(ModelParams(name=args.model, dtype=args.dtype, tf32=args.tf32), adapter_dir=args.adapter)
 
 result = {"model": args.model, "adapter": args.adapter, "questions": args.questions, "n": len(records)}
-correct = {}
+rows = {}
 for condition, recs in (("with_article", records), ("without_article", [{**r, "context": ""} for r in records])):
     start = time.perf_counter()
-    rows = loglik_rows(model, tokenizer, recs, args.batch_size, condition, question_kind)
-    correct[condition] = [r["correct"] for r in rows]
-    accuracy = sum(correct[condition]) / len(rows)
-    result[condition] = {"accuracy": round(accuracy, 4), "accuracy_ci": bootstrap_ci(correct[condition]),
-                         "accuracy_norm": round(sum(r["correct_norm"] for r in rows) / len(rows), 4),
-                         "seconds": round(time.perf_counter() - start, 1)}
+    rows[condition] = loglik_rows(model, tokenizer, recs, args.batch_size, condition, question_kind)
+    m = summarize(rows[condition])[VARIANT]
+    result[condition] = {"accuracy": m["accuracy"], "accuracy_ci": [m["accuracy_ci_low"], m["accuracy_ci_high"]],
+                         "accuracy_norm": m["accuracy_norm"], "seconds": round(time.perf_counter() - start, 1)}
     print(condition, result[condition])
-gold = Counter(r["answer"] for r in records)
-result["reading_gain"] = round(result["with_article"]["accuracy"] - result["without_article"]["accuracy"], 4)
-result["reading_gain_mcnemar"] = mcnemar_exact(correct["without_article"], correct["with_article"])
-result["best_position_only_accuracy"] = round(max(gold.values()) / len(records), 4)
-result["gold_letters"] = {k: round(v / len(records), 4) for k, v in sorted(gold.items())}
+gain = compare(rows["without_article"], rows["with_article"])[VARIANT]  # paired, on the same questions
+result["reading_gain"] = gain["accuracy_delta"]
+result["reading_gain_ci"] = [gain["accuracy_delta_ci_low"], gain["accuracy_delta_ci_high"]]
+result["reading_gain_mcnemar"] = {k: gain[k] for k in ("fixed", "broken", "p_value")}
+result["gold_letters"] = m["gold_letters"]
+result["best_position_only_accuracy"] = max(m["gold_letters"].values())
 write_json(args.out, result)
 print(f"reading gain {result['reading_gain']:+.4f} (McNemar p {result['reading_gain_mcnemar']['p_value']}); "
       f"best question-blind {result['best_position_only_accuracy']} -> {args.out}")
