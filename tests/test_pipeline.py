@@ -113,11 +113,14 @@ def test_train_params_rerun_training_only_hybrid_reward_and_metrics_diff(repo):
     # The warm-started tiny model gets some answers right and some wrong: a real, if weak, classifier.
     assert rm["skipped"] is False and 0 <= rm["roc_auc"] <= 1 and rm["n_examples"] == 96
     set_param(repo, "train", "learning_rate", "1e-05")  # the string `dvc exp run -S` would write
-    set_param(repo, "train", "reward_weights", {"correct": 1.0, "format": 0.2, "learned": 0.3})  # hybrid
+    # hybrid: the learned reward, and the base model's own log-likelihood choice
+    set_param(repo, "train", "reward_weights", {"correct": 1.0, "format": 0.2, "learned": 0.3, "base_choice": 0.5})
     ran, _ = repro(repo)
     assert ran[0] == "train" and not {"prepare", "baseline", "reward_model"} & set(ran)
     assert ran[-2:] == ["report", "publish"]
     assert (repo / "results/train/plots/metrics/rewards/learned/mean.tsv").exists()
+    assert (repo / "results/train/plots/metrics/rewards/base_choice_reward/mean.tsv").exists()
+    assert 0 <= json.loads((repo / "metrics/train.json").read_text())["base_choice_accuracy"] <= 1
     assert "Training used it with weight 0.3" in (repo / "reports/report.md").read_text()
     diff = json.loads(run(["dvc", "metrics", "diff", "--json", "--all"], repo, capture=True).stdout)
     assert "metrics/finetuned.json" in diff and "cot.accuracy" in diff["metrics/finetuned.json"]

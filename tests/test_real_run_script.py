@@ -80,7 +80,8 @@ def test_only_dev_stops_after_the_choice_and_names_it(tmp_path):
     touches the test set."""
     repo = setup_demo(ROOT, tmp_path / "repo", warm_start_steps=0)
     race, out = race_tarball(tmp_path / "RACE.tar.gz"), tmp_path / "out"
-    setting = "train.learning_rate=0.0001 train.option_order=per_completion train.reward_weights.format=0"
+    setting = ("train.learning_rate=0.0001 train.option_order=per_completion train.reward_weights.format=0 "
+               "train.reward_weights.base_choice=1")
     env = {**os.environ, "REAL_RUN_EXTRA": SMALL, "REAL_RUN_DTYPE": "float32", "REAL_RUN_DEV": setting,
            "REAL_RUN_ONLY_DEV": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks/real_270m.sh"), str(repo / TINY_MODEL), str(race), str(out)],
@@ -94,4 +95,6 @@ def test_only_dev_stops_after_the_choice_and_names_it(tmp_path):
     applied = yaml.safe_load((repo / "params.yaml").read_text())  # the dev experiment, applied to the workspace
     assert applied["prepare"]["eval_split"] == "dev" and applied["train"]["option_order"] == "per_completion"
     weights = applied["train"]["reward_weights"]  # a nested key set through -S
-    assert weights["format"] == 0 and weights["correct"] == 1.0
+    assert weights["format"] == 0 and weights["correct"] == 1.0 and weights["base_choice"] == 1
+    train = json.loads((repo / "metrics/train.json").read_text())  # the base model's choices were made and trained on
+    assert train["steps"] == 2 and 0 <= train["base_choice_accuracy"] <= 1

@@ -7,6 +7,7 @@ import yaml
 
 from mcgrpo.params import TrainParams
 from mcgrpo.rewards import (
+    base_choice_reward,
     REWARDS,
     correctness_reward,
     extract_answer,
@@ -184,6 +185,24 @@ def test_completion_option_rewards_take_the_options_column():
     assert mc_reward(completions, **kwargs, weights={"correct": 1.0, "format": 0.5}) == [1.5, 0.5, 0.0]
     with pytest.raises(ValueError, match="pass options"):
         correctness_reward(completions, answer=["B"] * 3, variant="completion_option")
+
+
+def test_base_choice_rewards_the_base_models_own_choice_by_its_text():
+    # The column is an option's text, so it is right whatever order a completion saw its options in.
+    shuffled = [OPTIONS[1], OPTIONS[0], OPTIONS[3], OPTIONS[2]]
+    completions = [" the girl went to school", " nobody knows", "B", " something else entirely"]
+    kwargs = dict(answer=["C", "C", "C", "C"], n_options=[4] * 4,
+                  variant=["completion_option"] * 2 + ["completion_direct", "completion_option"],
+                  options=[OPTIONS, OPTIONS, shuffled, OPTIONS],
+                  base_choice=[OPTIONS[1], OPTIONS[1], OPTIONS[0], OPTIONS[3]])
+    assert base_choice_reward(completions, **kwargs) == [1.0, 0.0, 1.0, 0.0]  # "B" of `shuffled` is OPTIONS[0]
+    assert mc_reward(completions, **kwargs, weights={"correct": 1.0, "base_choice": 0.5}) == [0.5, 0.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="training column 'base_choice'"):
+        base_choice_reward(completions, options=[OPTIONS] * 4, variant="completion_option")
+    # It needs a column only training has, so a completion scored alone (plots, `mcgrpo score`, chat) leaves it out.
+    assert TrainParams(reward_weights={"correct": 1.0, "base_choice": 1.0}).rule_reward_weights == {"correct": 1.0}
+    with pytest.raises(ValueError, match="unknown reward"):
+        TrainParams(reward_weights={"correct": 1.0, "base_choise": 1.0})
 
 
 def test_score_cli_needs_options_for_completion_option(tmp_path):

@@ -19,6 +19,7 @@ from mcgrpo.training import (
     prepare_checkpoints,
     run_fingerprint,
     train_grpo,
+    with_base_choices,
 )
 
 pytestmark = pytest.mark.slow
@@ -338,3 +339,28 @@ def test_per_completion_option_order_reaches_trl_and_trains(tiny_model_params, t
     with pytest.raises(UserError, match="option_order"):
         rollout_engine(tiny_train_params(option_order="per_completion", use_vllm=True), "transformers")
     assert rollout_engine(tiny_train_params(use_vllm=True), "transformers") == "vllm"
+
+
+def test_base_choice_column_is_the_base_models_loglik_choice_and_trains(tiny_model_params, tmp_path):
+    """with_base_choices labels each question with the option the untrained model's log-likelihood ranks first (as
+    the baseline scores it); the per-completion shuffle keeps that label with its option; GRPO trains on it."""
+    from mcgrpo.loglik import option_logprobs
+
+    records = make_synthetic_mc(8, seed=5)
+    model, tok, _ = load_model(tiny_model_params, lora=None, seed=0)
+    labelled, agree = with_base_choices(model, tok, records, batch_size=8)
+    expected = [r["options"][max(range(len(s)), key=s.__getitem__)] for r, s in
+                zip(records, option_logprobs(model, tok, records, 8))]
+    assert [r["base_choice"] for r in labelled] == expected
+    gold = [r["options"][LETTERS.index(r["answer"])] for r in records]
+    assert agree == pytest.approx(sum(c == g for c, g in zip(expected, gold)) / len(records))
+    rows = grpo_dataset(labelled, "completion_option", option_order="per_completion")[:8]
+    assert rows["base_choice"] == expected and all(c in o for c, o in zip(rows["base_choice"], rows["options"]))
+
+    tp = tiny_train_params(variant="completion_option", option_order="per_completion", max_steps=2,
+                           reward_weights={"correct": 1.0, "base_choice": 1.0})
+    summary = run(tiny_model_params, tmp_path, tp, labelled)
+    assert summary["steps"] == 2
+    with open(tmp_path / "live" / "plots" / "metrics" / "rewards" / "base_choice_reward" / "mean.tsv") as f:
+        logged = [float(r["mean"]) for r in csv.DictReader(f, delimiter="\t")]
+    assert len(logged) == 2 and all(0 <= x <= 1 for x in logged)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mcgrpo.errors import UserError
 from mcgrpo.prompts import VARIANTS
-from mcgrpo.rewards import REWARDS
+from mcgrpo.rewards import REWARDS, TRAINING_ONLY
 
 PARAMS_FILE = "params.yaml"
 LEARNED_REWARD = "learned"  # the reward_model stage's classifier, the one reward that is not a pure function
@@ -183,9 +183,11 @@ class TrainParams(Section):
 
     @property
     def rule_reward_weights(self) -> dict[str, float]:
-        """reward_weights without the learned reward: the weights of mcgrpo.rewards' rule rewards, used wherever
-        a reward is shown (plots, `mcgrpo score`, the chat page); training adds the learned one on top."""
-        return {name: weight for name, weight in self.reward_weights.items() if name in REWARDS}
+        """reward_weights without the learned reward and the training-only ones (rewards.TRAINING_ONLY): the weights
+        of the rule rewards that score a completion alone, used wherever a reward is shown (plots, `mcgrpo score`,
+        the chat page); training adds the others on top."""
+        return {name: weight for name, weight in self.reward_weights.items()
+                if name in REWARDS and name not in TRAINING_ONLY}
 
     @field_validator("reward_weights")
     @classmethod

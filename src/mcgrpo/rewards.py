@@ -219,11 +219,36 @@ def tag_count_reward(completions, **kwargs) -> list[float]:
     return [sum(0.25 for t in tags if completion_text(c).count(t) == 1) for c in completions]
 
 
+BASE_CHOICE = "base_choice"  # the reward's name, and the training column it reads
+
+
+def base_choice_reward(completions, variant=None, options=None, n_options=None, base_choice=None,
+                       **kwargs) -> list[float]:
+    """1.0 when the completion answers with the option its base model's log-likelihood ranks first (the
+    `base_choice` column, an option's text, which the train stage adds with `training.with_base_choices`), else
+    0.0: no label is read. A pretrained model's option log-likelihood can read the passage while its written
+    answer copies an option by position; this ties the written answer to what the scoring reads."""
+    if base_choice is None:
+        raise ValueError(f"the {BASE_CHOICE!r} reward reads the training column {BASE_CHOICE!r} (the base model's "
+                         "log-likelihood choice), which the train stage adds; it cannot score a completion alone")
+    n = len(completions)
+    n_options, options = n_options or [4] * n, options or [None] * n
+    scores = []
+    for c, v, k, o, choice in zip(completions, _variants(variant, n), n_options, options, base_choice):
+        pred = declared_answer(c, v, k, o)
+        scores.append(float(pred is not None and o is not None and o[LETTERS.index(pred)] == choice))
+    return scores
+
+
 REWARDS = {
     "correct": correctness_reward,
     "format": format_reward,
     "tags": tag_count_reward,
+    BASE_CHOICE: base_choice_reward,
 }
+# Rewards that read a column only training has: wherever a single completion is scored (plots, `mcgrpo score`,
+# the chat page) they are left out.
+TRAINING_ONLY = {BASE_CHOICE}
 
 
 def mc_reward(completions, answer, n_options=None, *, weights: dict, variant=None, **kwargs) -> list[float]:

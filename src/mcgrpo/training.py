@@ -22,7 +22,7 @@ from mcgrpo.fileio import atomic_path, safetensors_problem, sha256_file, write_j
 from mcgrpo.params import LEARNED_REWARD
 from mcgrpo.prompts import is_chat, stop_token_ids, trainer_prompt
 from mcgrpo.reward_model import load_learned_reward
-from mcgrpo.rewards import LETTERS, REWARDS
+from mcgrpo.rewards import BASE_CHOICE, LETTERS, REWARDS
 
 RUN_MARKER = "run.json"
 RUN_SUMMARY = "summary.json"  # the finished run's summary, kept beside its checkpoints for a later re-export
@@ -35,9 +35,29 @@ def grpo_row(record: dict, variant: str, shots: list[dict] = ()) -> dict:
     TRL hands every column but "prompt" to the reward functions: `variant` says which part of a completion is
     judged (rewards.answer_span); the learned reward reads the passage, question and options.
     """
-    return {"prompt": trainer_prompt(record, variant, shots), "answer": record["answer"],
-            "n_options": len(record["options"]), "variant": variant, "context": record["context"],
-            "question": record["question"], "options": record["options"]}
+    row = {"prompt": trainer_prompt(record, variant, shots), "answer": record["answer"],
+           "n_options": len(record["options"]), "variant": variant, "context": record["context"],
+           "question": record["question"], "options": record["options"]}
+    if BASE_CHOICE in record:  # an option's text: it stays right however the options are ordered
+        row[BASE_CHOICE] = record[BASE_CHOICE]
+    return row
+
+
+def with_base_choices(model, tokenizer, records: list[dict], batch_size: int = 64) -> tuple[list[dict], float]:
+    """The records with the `base_choice` column the base_choice reward reads: the option the model, before any
+    training, gives the highest log-likelihood as the answer (loglik.option_logprobs, the baseline's scoring);
+    and how often that choice is the gold answer. batch_size counts option sequences, as in option_logprobs."""
+    from mcgrpo.loglik import option_logprobs
+
+    was_training = model.training
+    model.eval()
+    try:
+        scores = option_logprobs(model, tokenizer, records, batch_size)
+    finally:
+        model.train(was_training)
+    out = [{**r, BASE_CHOICE: r["options"][max(range(len(s)), key=s.__getitem__)]} for r, s in zip(records, scores)]
+    agree = sum(r[BASE_CHOICE] == r["options"][LETTERS.index(r["answer"])] for r in out) / max(len(out), 1)
+    return out, agree
 
 
 def with_options_permuted(record: dict, order: list[int]) -> dict:
@@ -59,7 +79,8 @@ def shuffle_options_per_row(rows: dict, variant: str, shots: list[dict]) -> dict
     """
     out = {name: [] for name in rows}
     for i in range(len(rows["prompt"])):
-        record = {name: rows[name][i] for name in ("context", "question", "options", "answer")}
+        record = {name: rows[name][i] for name in ("context", "question", "options", "answer", BASE_CHOICE)
+                  if name in rows}
         order = torch.randperm(len(record["options"])).tolist()
         for name, value in grpo_row(with_options_permuted(record, order), variant, shots).items():
             out[name].append(value)
