@@ -14,7 +14,8 @@
 #    so dvc keeps that experiment's adapter (train and reward_model are unchanged) and reruns baseline
 #    evaluate, plots, report and publish on the test set;
 # 3. the plain-TRL peers named in REAL_RUN_PEERS ("defaults lora"; benchmarks/trl_peer.py, fp32 unless
-#    REAL_RUN_PEER_DTYPE), one after the other, trained and evaluated on the test run's prepared data;
+#    REAL_RUN_PEER_DTYPE), one after the other, trained and evaluated on the test run's prepared data, with the
+#    setting's rule rewards (the peer "base_choice" keeps the base_choice reward too);
 # 4. the reading check (benchmarks/reading_ablation.py) of the base and the fine-tuned model on the test questions:
 #    option log-likelihood with and without the article (REAL_RUN_READING=0 skips it);
 # 5. OUT/: logs, dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
@@ -147,7 +148,8 @@ for peer in ${REAL_RUN_PEERS:-defaults lora}; do
   case $peer in
     defaults) peer_args=() ;;
     lora) peer_args=(--lora-r 16 --lr 5e-5) ;;
-    *) echo "REAL_RUN_PEERS: unknown peer '$peer' (known: defaults lora)" >&2; exit 2 ;;
+    base_choice) peer_args=(--base-choice) ;;  # TRL's defaults with the setting's base_choice reward too
+    *) echo "REAL_RUN_PEERS: unknown peer '$peer' (known: defaults lora base_choice)" >&2; exit 2 ;;
   esac
   stamp "peer $peer"
   python "$here/trl_peer.py" --dtype "$peer_dtype" "${peer_args[@]}" --out "$out/peer_$peer" > "$out/peer_$peer.log" 2>&1 \

@@ -3,7 +3,9 @@
 What a user gets without this project: TRL's `GRPOConfig` defaults (learning rate 1e-6, full fine-tuning,
 beta 0, TRL's rollouts through `model.generate`, stopping at end-of-sequence only) with only the run's shape
 set to the pipeline's (steps, prompts per step, group size, completion length, the reward and its weights),
-so both runs see the same number of completions. `--lora-r/--lr` give the stronger peer measured in
+so both runs see the same number of completions. The reward is the pipeline's rules that score a completion alone:
+`base_choice` (the base model's own log-likelihood choice, which the train stage prepares) only with
+--base-choice, which prepares it the same way. `--lora-r/--lr` give the stronger peer measured in
 `../shared/real-gemma` (LoRA r 16 on all linear layers, lr 5e-5). It evaluates with the pipeline's own
 routine on the same eval set and compares against the pipeline's baseline predictions (McNemar). The model loads
 as the pipeline's does, from params.yaml's `model` section (dtype unless --dtype, and `model.tf32`), so both train
@@ -28,17 +30,23 @@ from mcgrpo.metrics import compare, format_comparison, summarize
 from mcgrpo.modeling import load_model, torch_dtype
 from mcgrpo.params import load_params
 from mcgrpo.patches import install_torch_logprobs
-from mcgrpo.training import grpo_dataset, reward_functions
+from mcgrpo.rewards import BASE_CHOICE
+from mcgrpo.training import grpo_dataset, reward_functions, with_base_choices
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--out", required=True)
 parser.add_argument("--lora-r", type=int, default=0, help="0: full fine-tuning, TRL's default")
 parser.add_argument("--lr", type=float, default=None, help="default: TRL's (1e-6)")
 parser.add_argument("--dtype", default=None, help="bfloat16 | float32 (default: model.dtype from params.yaml)")
+parser.add_argument("--base-choice", action="store_true",
+                    help="keep train.reward_weights.base_choice: the base model's log-likelihood choices, prepared "
+                         "as the train stage prepares them (default: the peer trains without that reward)")
 args = parser.parse_args()
 
 p = load_params()
 tp, out = p.train, Path(args.out)
+if not args.base_choice:
+    tp = tp.model_copy(update={"reward_weights": {k: w for k, w in tp.reward_weights.items() if k != BASE_CHOICE}})
 out.mkdir(parents=True, exist_ok=True)
 model_params = p.model.model_copy(update={"dtype": args.dtype}) if args.dtype else p.model
 # Everything read up front: the workspace may move on (another experiment applied) while this trains.
@@ -47,6 +55,9 @@ shots, baseline_rows = read_jsonl(paths.SHOTS), read_jsonl(paths.BASELINE_PREDIC
 # a trainable model with no peft of the project's: TRL applies --lora-r itself, or trains every weight
 model, tokenizer, _ = load_model(model_params, backend="transformers", full_finetune=True)
 install_torch_logprobs()
+if tp.reward_weights.get(BASE_CHOICE):
+    train_records, agree = with_base_choices(model, tokenizer, train_records)
+    print(f"base_choice: the base model's choice is the gold answer for {agree:.1%} of the training questions")
 
 from peft import LoraConfig  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
@@ -77,7 +88,8 @@ settings = {k: getattr(config, k) for k in ("learning_rate", "beta", "loss_type"
                                              "top_k", "top_p", "max_grad_norm", "warmup_steps", "bf16")}
 write_jsonl(out / "predictions.jsonl", rows)
 write_json(out / "metrics.json", {"peer": "trl GRPOTrainer defaults" + (f" + LoRA r {args.lora_r}" if args.lora_r else ""),
-                                  "settings": {**settings, **shape, "lora_r": args.lora_r},
+                                  "settings": {**settings, **shape, "lora_r": args.lora_r,
+                                               "reward_names": [k for k, w in tp.reward_weights.items() if w]},
                                   "train_runtime_s": round(train_seconds, 1), "reward_curve_every_10_steps": rewards,
                                   "metrics": summarize(rows), "comparison": comparison})
 print(format_comparison(comparison))

@@ -46,8 +46,9 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     repo = setup_demo(ROOT, tmp_path / "repo", warm_start_steps=0)
     race, out = race_tarball(tmp_path / "RACE.tar.gz"), tmp_path / "out"
     env = {**os.environ, "REAL_RUN_EXTRA": SMALL, "REAL_RUN_JOBS": "2", "REAL_RUN_DTYPE": "float32",
-           "REAL_RUN_DEV": "train.learning_rate=0.0001 train.option_order=per_completion;train.learning_rate=0.001 train.beta=0.04",
-           "REAL_RUN_PEERS": "defaults",  # the LoRA peer is the same script with two more flags
+           "REAL_RUN_DEV": ("train.learning_rate=0.0001 train.option_order=per_completion train.reward_weights.base_choice=1;"
+                            "train.learning_rate=0.001 train.beta=0.04 train.reward_weights.base_choice=1"),
+           "REAL_RUN_PEERS": "defaults base_choice",  # the LoRA peer is the same script with two more flags
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks/real_270m.sh"), str(repo / TINY_MODEL), str(race), str(out)],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
@@ -65,6 +66,9 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     assert stats["eval"]["n"] == 8 and stats["train"]["n"] == 8
     metrics = json.loads((out / "peer_defaults" / "metrics.json").read_text())
     assert metrics["settings"]["max_steps"] == 2 and "completion_option" in metrics["comparison"]
+    assert "base_choice" not in metrics["settings"]["reward_names"]  # the plain peer: rules that score alone
+    with_choice = json.loads((out / "peer_base_choice" / "metrics.json").read_text())
+    assert "base_choice" in with_choice["settings"]["reward_names"] and "completion_option" in with_choice["comparison"]
     assert not (out / "peer_lora").exists()  # REAL_RUN_PEERS chose which peers run
     for which in ("base", "tuned"):  # the reading check, both models, on the test run's questions
         reading = json.loads((out / f"reading_{which}.json").read_text())
