@@ -62,23 +62,23 @@ dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eval.engine=auto
       -S "eval.variants=[${REAL_RUN_TEST_VARIANTS:-completion_direct,completion_option}]")
 
-# The default dev setting: lr 1e-4, a KL anchor, options shuffled per completion (train.option_order=per_completion:
+# The default dev setting: lr 3e-5, a KL anchor, options shuffled per completion (train.option_order=per_completion:
 # a choice by position earns nothing within a group), no format reward, and the base_choice reward beside the
 # correctness one: 1.0 when the completion restates the option the base model's own log-likelihood ranks first.
-# Every run on correctness alone learned a position, not reading: at lr 1e-4 the policy collapsed onto one option
-# position (entropy ~0.01; results/2026-12-02_h200_real270m_lr1e-4_noformat: every test answer the first option),
-# at lr 3e-5 it held its entropy but gained +0.018 on dev (results/2026-12-01_h200_real270m_dev_format). Yet the base
-# model's option log-likelihood reads the passage (+0.104 over the same questions without it,
-# results/2026-12-02_cpu_reading_ablation_real270m_dev500.json): base_choice rewards the written answer for agreeing
-# with that reading on every question, where correctness rewards it on the third where the reading is right.
+# That log-likelihood reads the passage (+0.099 over the same questions without it on RACE test,
+# results/2026-12-02_h200_real270m_base_choice), while the written answer copies an option by position; base_choice
+# rewards agreeing with that reading on every question, where correctness rewards it on the third where it is right.
+# At lr 1e-4 every run collapsed onto one option position within ~25-50 steps (entropy ~0.02), with base_choice too
+# (same folder: +0.011 on test, 90 % first option); at lr 3e-5 on correctness alone the entropy held (0.3-0.7, dev
+# +0.018, results/2026-12-01_h200_real270m_dev_format). lr 3e-5 with base_choice has not been run yet.
 # Matmuls run on TF32 tensor cores (REAL_RUN_TF32, model.tf32).
-# On an H200 with TF32 a completion_option step takes ~1.9 s: one dev setting took 515 s, the test run 204 s and the
-# peer 324 s, 17.4 min in all, so one setting fits a 30-minute session with everything else; with two, run
-# REAL_RUN_ONLY_DEV=1 in one session and REAL_RUN_SETTING in the next.
+# On an H200 with TF32 a completion_option step takes ~1.9 s: one dev setting took 515-609 s, the test run 204-221 s,
+# the peer 324-365 s and the two reading checks 356 s, 26 min in all with the model build, so one setting fits a
+# 30-minute session; with two, run REAL_RUN_ONLY_DEV=1 in one session and REAL_RUN_SETTING in the next.
 # Other forms: letters, "train.variant=completion_direct train.max_completion_length=4"; 3-shot prompts,
 # "prepare.n_shots=3 prepare.max_prompt_tokens=3072"; full fine-tuning, "train.finetune=full train.learning_rate=0.000001";
 # correctness alone, "train.reward_weights.base_choice=0".
-default_dev="train.learning_rate=0.0001 train.beta=0.04 train.option_order=per_completion train.reward_weights.format=0 train.reward_weights.base_choice=1"
+default_dev="train.learning_rate=0.00003 train.beta=0.04 train.option_order=per_completion train.reward_weights.format=0 train.reward_weights.base_choice=1"
 as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
 IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-$default_dev}"
 names=()
