@@ -5,8 +5,15 @@ does not show, or a base model that gains little from the article, says the mode
 options alone (their wording, their length, how likely each is as an answer). The best question-blind policy
 (always the most common gold position) is reported beside it: a generated-answer gain above it needs reading.
 
+--listed also asks whether that reading reaches the prompt a generated answer follows. It scores each option as the
+continuation of the `completion_option` prompt (the options listed, then "Answer:" and "-"): that is the
+probability of the model writing exactly that option there. Scored in the data's order, the highest one is the
+answer greedy decoding would aim at, position habits included. Averaged over every cyclic rotation of the option
+list (each option shown once in each position), the position habit cancels, and what is left is how far the
+written answer's distribution follows the passage.
+
     python benchmarks/reading_ablation.py --model models/gemma-3-270m --questions data/prepared/eval.jsonl \
-        --out reading.json [--n 300] [--adapter models/adapter]
+        --out reading.json [--n 300] [--adapter models/adapter] [--listed]
 """
 
 import argparse
@@ -15,10 +22,13 @@ import time
 
 from mcgrpo.data.stats import question_kind
 from mcgrpo.fileio import read_jsonl, write_json
-from mcgrpo.loglik import VARIANT, loglik_rows
+from mcgrpo.loglik import VARIANT, loglik_rows, option_logprobs, rows_from_logprobs
 from mcgrpo.metrics import compare, summarize
 from mcgrpo.modeling import load_model
 from mcgrpo.params import ModelParams
+from mcgrpo.prompts import completion_text
+from mcgrpo.rewards import LETTERS, OPTION_VARIANT
+from mcgrpo.training import with_options_permuted
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--model", required=True, help="model.name: a local folder or a hub id")
@@ -30,6 +40,9 @@ parser.add_argument("--adapter", default=None, help="a trained adapter (or fully
 parser.add_argument("--dtype", default="auto")
 parser.add_argument("--tf32", action="store_true", help="float32 matmuls on TF32 tensor cores (model.tf32)")
 parser.add_argument("--batch-size", type=int, default=16, help="option sequences per forward pass")
+parser.add_argument("--listed", action="store_true",
+                    help=f"also score the options after the {OPTION_VARIANT} prompt, in the data's order and "
+                         "averaged over every rotation of the option list")
 args = parser.parse_args()
 
 records = read_jsonl(args.questions)
@@ -54,6 +67,40 @@ result["reading_gain_ci"] = [gain["accuracy_delta_ci_low"], gain["accuracy_delta
 result["reading_gain_mcnemar"] = {k: gain[k] for k in ("fixed", "broken", "p_value")}
 result["gold_letters"] = m["gold_letters"]
 result["best_position_only_accuracy"] = max(m["gold_letters"].values())
+if args.listed:
+    start = time.perf_counter()
+    n_options = {len(r["options"]) for r in records}
+    if len(n_options) != 1:
+        parser.error(f"--listed rotates the option list: every question needs the same number of options "
+                     f"({args.questions} has {sorted(n_options)})")
+    k = n_options.pop()
+    totals = [[0.0] * k for _ in records]
+    shown_first = [0] * k  # how often the option in each displayed position scored highest, over all rotations
+    data_order = None
+    for shift in range(k):
+        order = [(i + shift) % k for i in range(k)]  # displayed position j shows original option order[j]
+        shown = [with_options_permuted(r, order) for r in records]
+        logps = option_logprobs(model, tokenizer, shown, args.batch_size,
+                                context=lambda r: completion_text(r, OPTION_VARIANT))
+        for total, lp in zip(totals, logps):
+            for j, x in enumerate(lp):
+                total[order[j]] += x
+            shown_first[max(range(k), key=lp.__getitem__)] += 1
+        if shift == 0:
+            data_order = rows_from_logprobs(records, logps, "listed, data order", question_kind)
+    averaged = rows_from_logprobs(records, totals, "listed, rotations averaged", question_kind)
+    listed = {}
+    for name, rows_ in (("data_order", data_order), ("rotations_averaged", averaged)):
+        m = summarize(rows_)[VARIANT]
+        listed[name] = {"accuracy": m["accuracy"], "accuracy_ci": [m["accuracy_ci_low"], m["accuracy_ci_high"]]}
+    listed["highest_by_displayed_position"] = {LETTERS[j]: round(c / (k * len(records)), 4)
+                                               for j, c in enumerate(shown_first)}
+    versus = compare(rows["with_article"], averaged)[VARIANT]  # the listed prompt against the plain one, paired
+    listed["rotations_averaged_minus_plain"] = versus["accuracy_delta"]
+    listed["rotations_averaged_minus_plain_mcnemar"] = {key: versus[key] for key in ("fixed", "broken", "p_value")}
+    listed["seconds"] = round(time.perf_counter() - start, 1)
+    result["listed"] = listed
+    print("listed", listed)
 write_json(args.out, result)
 print(f"reading gain {result['reading_gain']:+.4f} (McNemar p {result['reading_gain_mcnemar']['p_value']}); "
       f"best question-blind {result['best_position_only_accuracy']} -> {args.out}")

@@ -103,13 +103,27 @@ def test_real_scale(tmp_path, questions):
 def test_reading_ablation(tmp_path, questions, tiny_model_dir):
     """With and without the article on the same questions, and a clear error when there is no article to remove."""
     out = tmp_path / "reading.json"
+    # --listed a second time on the same questions with every option list rotated by one (the answers follow): the
+    # rotation-averaged score sees the same rotations, so it must choose the same options.
+    from mcgrpo.training import with_options_permuted
+
+    records = [json.loads(line) for line in open(questions)]
+    rotated = tmp_path / "rotated.jsonl"
+    write_jsonl(rotated, [with_options_permuted(r, [1, 2, 3, 0]) for r in records])
+    out_rotated = tmp_path / "reading_rotated.json"
     run_all({"reading": command("reading_ablation.py", "--model", tiny_model_dir, "--questions", questions, "--n", 6,
-                                "--out", out)})
+                                "--out", out, "--listed"),
+             "rotated": command("reading_ablation.py", "--model", tiny_model_dir, "--questions", rotated, "--n", 6,
+                                "--out", out_rotated, "--listed")})
     result = json.loads(out.read_text())
-    assert result["n"] == 6 and set(result) >= {"with_article", "without_article", "reading_gain"}
+    assert result["n"] == 6 and set(result) >= {"with_article", "without_article", "reading_gain", "listed"}
     assert result["reading_gain"] == round(result["with_article"]["accuracy"] - result["without_article"]["accuracy"], 4)
     assert sum(result["gold_letters"].values()) == pytest.approx(1.0, abs=1e-3)
     assert result["best_position_only_accuracy"] == max(result["gold_letters"].values())
+    listed, listed_rotated = result["listed"], json.loads(out_rotated.read_text())["listed"]
+    assert sum(listed["highest_by_displayed_position"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert listed["rotations_averaged"] == listed_rotated["rotations_averaged"]
+    assert listed["highest_by_displayed_position"] == listed_rotated["highest_by_displayed_position"]
     no_passage = tmp_path / "no_passage.jsonl"
     write_jsonl(no_passage, [{**r, "context": ""} for r in make_synthetic_mc(4, seed=1)])
     failed = subprocess.run(command("reading_ablation.py", "--model", tiny_model_dir, "--questions", no_passage,

@@ -20,8 +20,10 @@ def loglik_context(record: dict) -> str:
     return f"{passage}Question: {record['question']}\nAnswer:"
 
 
-def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16) -> list[list[float]]:
-    """Summed log-probability of " <option>" after the context, for every option of every record.
+def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16,
+                    context=loglik_context) -> list[list[float]]:
+    """Summed log-probability of " <option>" after the context (`context(record)`, loglik_context unless given),
+    for every option of every record.
 
     The context (passage and question, most of the tokens) goes through the model once per question;
     each option then continues from a copy of its KV cache, so a passage is read once, not once per
@@ -30,7 +32,7 @@ def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16)
     if not records:
         return []
     # one tokenizer call for all contexts and one for all options (a call per text took seconds on RACE's test set)
-    contexts = tokenizer([loglik_context(r) for r in records])["input_ids"]  # with <bos>, as the model was trained
+    contexts = tokenizer([context(r) for r in records])["input_ids"]  # with <bos>, as the model was trained
     flat = iter(tokenizer([" " + o for r in records for o in r["options"]], add_special_tokens=False)["input_ids"])
     options = [[next(flat) for _ in r["options"]] for r in records]
     device = next(model.parameters()).device
@@ -74,8 +76,13 @@ def option_logprobs(model, tokenizer, records: list[dict], batch_size: int = 16)
 
 def loglik_rows(model, tokenizer, records: list[dict], batch_size: int, model_label: str, kind_of) -> list[dict]:
     """Prediction rows in the same schema as generated ones (variant "loglik")."""
+    return rows_from_logprobs(records, option_logprobs(model, tokenizer, records, batch_size), model_label, kind_of)
+
+
+def rows_from_logprobs(records: list[dict], option_logps: list[list[float]], model_label: str, kind_of) -> list[dict]:
+    """Prediction rows (variant "loglik") from each record's option log-probabilities: the highest one is the answer."""
     rows = []
-    for record, logps in zip(records, option_logprobs(model, tokenizer, records, batch_size)):
+    for record, logps in zip(records, option_logps, strict=True):
         pred = LETTERS[max(range(len(logps)), key=logps.__getitem__)]
         per_char = [lp / max(len(o) + 1, 1) for lp, o in zip(logps, record["options"])]
         pred_norm = LETTERS[max(range(len(per_char)), key=per_char.__getitem__)]
