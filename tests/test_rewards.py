@@ -199,6 +199,8 @@ def test_base_choice_rewards_the_base_models_own_choice_by_its_text():
     assert mc_reward(completions, **kwargs, weights={"correct": 1.0, "base_choice": 0.5}) == [0.5, 0.0, 0.5, 0.0]
     with pytest.raises(ValueError, match="training column 'base_choice'"):
         base_choice_reward(completions, options=[OPTIONS] * 4, variant="completion_option")
+    with pytest.raises(ValueError, match="pass options"):  # a letter alone cannot name the chosen option's text
+        base_choice_reward(["B"], variant="completion_direct", base_choice=[OPTIONS[1]])
     # It needs a column only training has, so a completion scored alone (plots, `mcgrpo score`, chat) leaves it out.
     assert TrainParams(reward_weights={"correct": 1.0, "base_choice": 1.0}).rule_reward_weights == {"correct": 1.0}
     with pytest.raises(ValueError, match="unknown reward"):

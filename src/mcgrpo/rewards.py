@@ -235,8 +235,8 @@ def base_choice_reward(completions, variant=None, options=None, n_options=None, 
     n_options, options = n_options or [4] * n, options or [None] * n
     scores = []
     for c, v, k, o, choice in zip(completions, _variants(variant, n), n_options, options, base_choice):
-        pred = declared_answer(c, v, k, o)
-        scores.append(float(pred is not None and o is not None and o[LETTERS.index(pred)] == choice))
+        pred = declared_answer(c, v, k, _needed(o))  # the choice is an option's text: the options say which letter
+        scores.append(float(pred is not None and o[LETTERS.index(pred)] == choice))
     return scores
 
 
