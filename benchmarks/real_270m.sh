@@ -19,7 +19,9 @@
 # 4. the reading check (benchmarks/reading_ablation.py) of the base and the fine-tuned model on the test questions:
 #    option log-likelihood with and without the article (REAL_RUN_READING=0 skips it);
 # 5. OUT/: logs, dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
-# REAL_RUN_TEST_VARIANTS (completion_direct,completion_option): the test run's generate variants, besides log-likelihood.
+# REAL_RUN_VARIANT (completion_open): the prompt form GRPO trains on (train.variant).
+# REAL_RUN_DEV_VARIANTS / REAL_RUN_TEST_VARIANTS (both the trained variant): the dev and test runs' generate variants
+# (comma-separated), besides log-likelihood on test.
 # REAL_RUN_SETTING (a setting like one of REAL_RUN_DEV's): no dev queue; the test run trains with it.
 # REAL_RUN_ONLY_DEV=1: stop after the dev choice, writing it to OUT/chosen_setting.txt. A session too short for the
 # whole run does dev in one hold and REAL_RUN_SETTING="$(cat chosen_setting.txt)" (test and peers) in the next.
@@ -38,47 +40,50 @@ cp "$race" data/raw/RACE.tar.gz
 if [ -n "$(git status --porcelain)" ]; then git add -A && git commit -qm "real run: RACE under data/raw"; fi
 stamp() { echo "== $* ($(date -u +%T), $(( $(date +%s) - start )) s)"; }
 
-# What every run shares: the pretrained model, RACE, completion prompts, GRPO on completion_option (the answer is
-# an option's own words). Letters are what the first runs trained on (completion_direct): the 270M's letters are at
-# chance and GRPO collapsed them onto one letter, while its option log-likelihood is well above chance
-# (benchmarks/README.md). Rollouts are one line (an option is ~15 tokens, cut at 32), so TRL's own generate is used
-# (no compile to amortise), and a 270M model needs no gradient checkpointing.
+# What every run shares: the pretrained model, RACE, completion prompts, GRPO on a one-line form. The default is
+# completion_open: no options shown, the model's own words read as the option they overlap most. Letters
+# (completion_direct) are what the first runs trained on: the 270M's letters are at chance and GRPO collapsed them
+# onto one letter. Listed options (completion_option) collapsed onto the first one at lr 1e-4, with and without a
+# shuffle, and their written answer reads the passage little: scored after that prompt, averaged over rotations, the
+# most likely option is right 0.27 of the time on 200 dev questions, against 0.335 for the plain log-likelihood
+# (results/2026-12-02_cpu_reading_listed_real270m_dev200.json). completion_open has no list position to collapse
+# onto; among its answers that name an option, 0.36 named the right one (CPU probe, 200 dev questions, README).
+# Rollouts are one line (cut at 32 tokens), so TRL's own generate is used (no compile to amortise), and a 270M model
+# needs no gradient checkpointing.
+variant=${REAL_RUN_VARIANT:-completion_open}
 common=(-S "model.name=$model" -S model.backend=transformers -S "model.dtype=${REAL_RUN_DTYPE:-float32}"
         -S "model.tf32=${REAL_RUN_TF32:-true}"
         -S prepare.source=race -S prepare.path=data/raw/RACE.tar.gz -S prepare.config=all
         -S prepare.n_train=2000 -S prepare.max_prompt_tokens=2048
         -S eval.batch_size=128 -S eval.max_new_tokens=128
-        -S train.variant=completion_option -S train.max_completion_length=32 -S train.max_steps=150
+        -S train.variant=$variant -S train.max_completion_length=32 -S train.max_steps=150
         -S train.num_generations=8 -S train.per_device_train_batch_size=16 -S train.gradient_accumulation_steps=4
         -S train.beta=0.0 -S train.save_steps=50 -S train.rollout_engine=hf -S train.gradient_checkpointing=false
         -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=128
         -S reward_model.n_questions=40)
 extra=(${REAL_RUN_EXTRA:-})  # more -S flags, applied last (a CPU smoke run shrinks the sizes with these)
-# Dev evaluates both one-line forms, so a setting may train either; the test run leaves out the chat variants (under
-# a chat template the pretrained model answers nothing: 0.000 on the whole test set) and completion_cot (0.058 base,
-# 0.030 tuned, benchmarks/README.md), whose 128-token answers cost the most eval time.
+# Dev and test evaluate the trained variant unless told more; the chat variants are left out (under a chat template
+# the pretrained model answers nothing: 0.000 on the whole test set), and so is completion_cot (0.058 base, 0.030
+# tuned, benchmarks/README.md), whose 128-token answers cost the most eval time.
 dev=(-S prepare.eval_split=dev -S prepare.n_eval=1000 -S eval.mode=generate
-     -S "eval.variants=[completion_direct,completion_option]" -S eval.engine=hf)
+     -S "eval.variants=[${REAL_RUN_DEV_VARIANTS:-$variant}]" -S eval.engine=hf)
 test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eval.engine=auto
-      -S "eval.variants=[${REAL_RUN_TEST_VARIANTS:-completion_direct,completion_option}]")
+      -S "eval.variants=[${REAL_RUN_TEST_VARIANTS:-$variant}]")
 
-# The default dev setting: lr 3e-5, a KL anchor, options shuffled per completion (train.option_order=per_completion:
-# a choice by position earns nothing within a group), no format reward, and the base_choice reward beside the
-# correctness one: 1.0 when the completion restates the option the base model's own log-likelihood ranks first.
-# That log-likelihood reads the passage (+0.099 over the same questions without it on RACE test,
-# results/2026-12-02_h200_real270m_base_choice), while the written answer copies an option by position; base_choice
-# rewards agreeing with that reading on every question, where correctness rewards it on the third where it is right.
-# At lr 1e-4 every run collapsed onto one option position within ~25-50 steps (entropy ~0.02), with base_choice too
-# (same folder: +0.011 on test, 90 % first option); at lr 3e-5 on correctness alone the entropy held (0.3-0.7, dev
-# +0.018, results/2026-12-01_h200_real270m_dev_format). lr 3e-5 with base_choice has not been run yet.
-# Matmuls run on TF32 tensor cores (REAL_RUN_TF32, model.tf32).
-# On an H200 with TF32 a completion_option step takes ~1.9 s: one dev setting took 515-609 s, the test run 204-221 s,
-# the peer 324-365 s and the two reading checks 356 s, 26 min in all with the model build, so one setting fits a
-# 30-minute session; with two, run REAL_RUN_ONLY_DEV=1 in one session and REAL_RUN_SETTING in the next.
-# Other forms: letters, "train.variant=completion_direct train.max_completion_length=4"; 3-shot prompts,
-# "prepare.n_shots=3 prepare.max_prompt_tokens=3072"; full fine-tuning, "train.finetune=full train.learning_rate=0.000001";
-# correctness alone, "train.reward_weights.base_choice=0".
-default_dev="train.learning_rate=0.00003 train.beta=0.04 train.option_order=per_completion train.reward_weights.format=0 train.reward_weights.base_choice=1"
+# The default dev setting, for completion_open: lr 5e-5 with a KL anchor, the correctness reward and params.yaml's
+# format reward (0.2: the line names one option). At lr 1e-4 every listed-option run collapsed onto one position
+# within ~25-50 steps (entropy ~0.02), with the base_choice reward too (results/2026-12-02_h200_real270m_base_choice);
+# at lr 3e-5 the entropy held (0.3-0.7, results/2026-12-01_h200_real270m_dev_format). Matmuls run on TF32 tensor
+# cores (REAL_RUN_TF32, model.tf32).
+# On an H200 with TF32 a one-line step takes ~1.9 s: one dev setting took 515-609 s with two dev variants, the test
+# run 204-221 s, the peer 324-365 s and the two reading checks 356 s, 26 min in all with the model build, so one
+# setting fits a 30-minute session; with two, run REAL_RUN_ONLY_DEV=1 in one session and REAL_RUN_SETTING in the next.
+# Other settings tried on completion_option: "train.option_order=per_completion" (a choice by position earns nothing
+# within a group), "train.reward_weights.base_choice=1" (1.0 for restating the option the base model's
+# log-likelihood ranks first). Other forms: REAL_RUN_VARIANT=completion_option, or letters, REAL_RUN_VARIANT=
+# completion_direct with "train.max_completion_length=4"; 3-shot prompts, "prepare.n_shots=3
+# prepare.max_prompt_tokens=3072"; full fine-tuning, "train.finetune=full train.learning_rate=0.000001".
+default_dev="train.learning_rate=0.00005 train.beta=0.04"
 as_flags() { local kv; for kv in $1; do printf -- '-S\n%s\n' "$kv"; done; }  # "a=1 b=2" -> -S a=1 -S b=2
 IFS=';' read -r -a settings <<< "${REAL_RUN_DEV:-$default_dev}"
 names=()

@@ -49,6 +49,22 @@ def test_completion_option_layout_shots_and_cue(records):
     assert f"Answer: {shot['answer']}\n\n" in lettered and lettered.endswith("\nAnswer:")
 
 
+def test_completion_open_shows_no_options_and_begins_a_fill_in_question():
+    # no options listed; a fill-in question is begun, not asked: its answer continues the words before the blank
+    from mcgrpo.loglik import loglik_context
+    from mcgrpo.prompts import blank_stem, completion_text
+
+    asked = {"context": "Tom swam.", "question": "What did Tom do?", "options": ["swam", "ran"], "answer": "A"}
+    blank = {"context": "Ann ran.", "question": "Ann  _  after school.", "options": ["swam", "ran"], "answer": "B"}
+    assert completion_text(asked, "completion_open") == loglik_context(asked)  # the log-likelihood's own prompt
+    text = completion_text(blank, "completion_open", [asked, blank])
+    assert text == ("Article: Tom swam.\n\nQuestion: What did Tom do?\nAnswer: swam\n\n"
+                    "Article: Ann ran.\n\nAnn ran\n\nArticle: Ann ran.\n\nAnn")
+    assert blank_stem("_ is true.") == "" and blank_stem("Why?") == ""
+    first_blank = {**blank, "question": "_ is what Ann did."}
+    assert completion_text(first_blank, "completion_open").endswith("Question: _ is what Ann did.\nAnswer:")
+
+
 def test_one_line_variants_stop_at_a_newline(tiny_model_dir):
     from transformers import AutoTokenizer
 
@@ -56,6 +72,6 @@ def test_one_line_variants_stop_at_a_newline(tiny_model_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     one_line = stop_token_ids(tok, "completion_option")
-    assert one_line and one_line == stop_token_ids(tok, "completion_direct")
+    assert one_line and one_line == stop_token_ids(tok, "completion_direct") == stop_token_ids(tok, "completion_open")
     assert all("\n" in tok.decode([i]) for i in one_line) and set(stop_token_ids(tok, "completion_cot")) < set(one_line)
     assert stop_token_ids(tok, "cot") == []

@@ -49,6 +49,7 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
            "REAL_RUN_DEV": ("train.learning_rate=0.0001 train.option_order=per_completion train.reward_weights.base_choice=1;"
                             "train.learning_rate=0.001 train.beta=0.04 train.reward_weights.base_choice=1"),
            "REAL_RUN_PEERS": "defaults base_choice",  # the LoRA peer is the same script with two more flags
+           "REAL_RUN_TEST_VARIANTS": "completion_option,completion_open",  # the default trains completion_open
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks/real_270m.sh"), str(repo / TINY_MODEL), str(race), str(out)],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
@@ -59,16 +60,15 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     assert "Stage 'train' didn't change" in test_log and "Running stage 'train'" not in test_log
     assert "Running stage 'evaluate'" in test_log
     comparison = read_metrics(repo / "metrics/comparison.json")
-    assert {"completion_direct", "completion_option"} <= set(comparison)
-    assert "completion_cot" not in comparison  # REAL_RUN_TEST_VARIANTS' default leaves the 128-token form out
-    assert comparison["completion_option"]["n_paired"] == 8  # the trained variant
+    assert {"completion_open", "completion_option", "loglik"} == set(comparison)  # REAL_RUN_TEST_VARIANTS, loglik
+    assert comparison["completion_open"]["n_paired"] == 8  # the trained variant
     stats = json.loads((repo / "data/prepared/stats.json").read_text())
     assert stats["eval"]["n"] == 8 and stats["train"]["n"] == 8
     metrics = json.loads((out / "peer_defaults" / "metrics.json").read_text())
-    assert metrics["settings"]["max_steps"] == 2 and "completion_option" in metrics["comparison"]
+    assert metrics["settings"]["max_steps"] == 2 and "completion_open" in metrics["comparison"]
     assert "base_choice" not in metrics["settings"]["reward_names"]  # the plain peer: rules that score alone
     with_choice = json.loads((out / "peer_base_choice" / "metrics.json").read_text())
-    assert "base_choice" in with_choice["settings"]["reward_names"] and "completion_option" in with_choice["comparison"]
+    assert "base_choice" in with_choice["settings"]["reward_names"] and "completion_open" in with_choice["comparison"]
     assert not (out / "peer_lora").exists()  # REAL_RUN_PEERS chose which peers run
     for which in ("base", "tuned"):  # the reading check, both models, on the test run's questions
         reading = json.loads((out / f"reading_{which}.json").read_text())
@@ -87,7 +87,7 @@ def test_only_dev_stops_after_the_choice_and_names_it(tmp_path):
     setting = ("train.learning_rate=0.0001 train.option_order=per_completion train.reward_weights.format=0 "
                "train.reward_weights.base_choice=1")
     env = {**os.environ, "REAL_RUN_EXTRA": SMALL, "REAL_RUN_DTYPE": "float32", "REAL_RUN_DEV": setting,
-           "REAL_RUN_ONLY_DEV": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "REAL_RUN_ONLY_DEV": "1", "REAL_RUN_VARIANT": "completion_option", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks/real_270m.sh"), str(repo / TINY_MODEL), str(race), str(out)],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -98,6 +98,7 @@ def test_only_dev_stops_after_the_choice_and_names_it(tmp_path):
 
     applied = yaml.safe_load((repo / "params.yaml").read_text())  # the dev experiment, applied to the workspace
     assert applied["prepare"]["eval_split"] == "dev" and applied["train"]["option_order"] == "per_completion"
+    assert applied["train"]["variant"] == "completion_option" and applied["eval"]["variants"] == ["completion_option"]
     weights = applied["train"]["reward_weights"]  # a nested key set through -S
     assert weights["format"] == 0 and weights["correct"] == 1.0 and weights["base_choice"] == 1
     train = json.loads((repo / "metrics/train.json").read_text())  # the base model's choices were made and trained on

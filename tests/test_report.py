@@ -51,7 +51,7 @@ def test_report_has_every_section_with_numbers_from_metrics():
     assert "tuned says 3" in report and "base says 5" in report  # example completions are quoted
     assert "https://huggingface.co/unsloth/gemma-3-1b-it" in report
     # each reward's whole first docstring paragraph, not a first line cut mid-sentence
-    assert "completion_option: one option's text, whole), else 0.0." in report
+    assert "completion_open: a line nearer one option than every other), else 0.0." in report
     assert "**last** declaration" in report and "restates" not in report
     assert "| option order | as in the data |" in report and "step time (mean of last 10)" not in report
     option_run = Params.model_validate({"train": {"variant": "completion_option", "option_order": "per_completion"}})
@@ -65,6 +65,12 @@ def test_report_has_every_section_with_numbers_from_metrics():
     assert "| option order | shuffled for each completion |" in option_report
     assert ("| step time (mean of last 10) | 2.2 s: rollouts 1.2 s, rewards and reference 0.3 s, policy forward "
             "backward 0.7 s, optimizer 0.05 s |") in option_report
+    open_report = build_report(params=Params.model_validate({"train": {"variant": "completion_open"}}), stats=stats,
+                               base_metrics=base_m, tuned_metrics=tuned_m, comparison=comparison,
+                               train_metrics=train, records=RECORDS, base_rows=BASE, tuned_rows=TUNED,
+                               lock_hashes={}, plot_paths={})
+    assert "writes its answer without seeing the options" in open_report and "restates" not in open_report
+    assert "no instructions and no options" in open_report
 
 
 def test_insights_state_significance():

@@ -187,6 +187,22 @@ def test_completion_option_rewards_take_the_options_column():
         correctness_reward(completions, answer=["B"] * 3, variant="completion_option")
 
 
+@pytest.mark.parametrize("text,expected", [
+    (" went to school with her friends\nArticle:", "B"),            # the first line, nearest B
+    (" At the park.", "C"),                                       # one shared word is enough
+    (" a dragon ate the moon", None),                             # no word shared with any option
+    (" went", None),                                              # tied between A and B
+    ("", None),
+])
+def test_completion_open_reads_the_nearest_option(text, expected):
+    from mcgrpo.rewards import judge
+
+    assert judge(text, "B", 4, "completion_open", OPTIONS) == {
+        "pred": expected, "correct": expected == "B", "format_ok": expected is not None}
+    with pytest.raises(ValueError, match="'completion_open' is judged against the option texts"):
+        judge(text, "B", 4, "completion_open")
+
+
 def test_base_choice_rewards_the_base_models_own_choice_by_its_text():
     # The column is an option's text, so it is right whatever order a completion saw its options in.
     shuffled = [OPTIONS[1], OPTIONS[0], OPTIONS[3], OPTIONS[2]]

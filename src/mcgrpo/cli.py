@@ -13,7 +13,7 @@ def cmd_score(args) -> None:
     """JSONL in (completion, answer, optional n_options/variant/options), JSONL out (pred, correct, format_ok, reward).
     The reward weighs the rules with train.reward_weights from --params (the defaults outside a project)."""
     from mcgrpo.fileio import iter_jsonl
-    from mcgrpo.rewards import LETTERS, OPTION_VARIANT, score_completion
+    from mcgrpo.rewards import LETTERS, OPTION_TEXT_VARIANTS, score_completion
 
     weights = train_params(args.params).rule_reward_weights
 
@@ -31,8 +31,8 @@ def cmd_score(args) -> None:
         variant, options = row.get("variant", "cot"), row.get("options")
         if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
             raise UserError(f"{where}: options must be a list of option texts")
-        if variant == OPTION_VARIANT and options is None:
-            raise UserError(f"{where}: variant {OPTION_VARIANT} is answered with an option's text: add the options")
+        if variant in OPTION_TEXT_VARIANTS and options is None:
+            raise UserError(f"{where}: variant {variant} is read against the options' texts: add the options")
         n_options = row.get("n_options", len(options) if options else 4)
         if not isinstance(n_options, int) or not 2 <= n_options <= len(LETTERS):
             raise UserError(f"{where}: n_options must be an integer from 2 to {len(LETTERS)}")

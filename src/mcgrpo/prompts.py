@@ -3,11 +3,17 @@
 Two families:
 - chat variants (`direct`, `cot`) for instruction-tuned models: one user turn rendered by the tokenizer's
   own chat template (Gemma has no system role, so the instructions open the user turn);
-- completion variants (`completion_direct`, `completion_option`, `completion_cot`) for pretrained models, which
+- completion variants (`completion_direct`, `completion_option`, `completion_open`, `completion_cot`) for pretrained
+  models, which
   have no chat template and under one only repeat the instructions: plain text that ends where the answer starts
   ("Article: ... Question: ... A. ... Answer:"), optionally after k solved examples from the train split
   (prepare.n_shots). completion_option lists the options unlettered ("- ...") and is answered with an option's own
   words: a small pretrained model's letters are at chance, but it copies options (rewards.OPTION_VARIANT).
+  completion_open shows no options at all: the model writes its own answer, read as the option it overlaps most
+  (rewards.OPEN_VARIANT). With no list to copy from there is no position to prefer. A fill-in question is not asked
+  but begun: the article is followed by the question's words before its blank, and the answer continues the
+  sentence (asked with its blank, the 270M copies the blank). Other questions keep "Question: ... Answer:", the
+  prompt the option log-likelihood scores after.
   The reasoning form asks for reasoning, then a fixed final line "Answer: X".
 
 A completion model does not stop by itself: it writes the answer and goes on with a new question.
@@ -16,7 +22,7 @@ generation stop there; training rewards and evaluation both judge the cut text, 
 """
 
 from mcgrpo.errors import UserError
-from mcgrpo.rewards import COMPLETION_PREFIX, LETTERS, ONE_LINE_VARIANTS, OPTION_VARIANT
+from mcgrpo.rewards import COMPLETION_PREFIX, LETTERS, ONE_LINE_VARIANTS, OPEN_VARIANT, OPTION_VARIANT
 
 INSTRUCTIONS = {
     "direct": (
@@ -30,6 +36,7 @@ INSTRUCTIONS = {
     ),
     "completion_direct": "",  # the layout alone says what comes next: "Answer:" and a letter
     "completion_option": "",  # "Answer:" and one option's text
+    "completion_open": "",  # "Answer:" and the model's own words, no options shown
     "completion_cot": (
         "Answer the question about the article. Explain your reasoning in one paragraph, then write "
         "the final line \"Answer: \" followed by the letter of the correct option."
@@ -41,6 +48,9 @@ LAYOUTS = {
                          "follows",
     "completion_option": "no instructions: options unlettered (`- ...`), the layout ends in `Answer:` and a new "
                          "line's `-`, one option's own words follow",
+    "completion_open": "no instructions and no options: the layout ends in `Answer:`, or for a fill-in question in "
+                       "its words before the blank; the model's own words follow, read as the option they overlap "
+                       "most",
 }
 VARIANTS = tuple(INSTRUCTIONS)
 CHAT_VARIANTS = ("direct", "cot")
@@ -48,7 +58,19 @@ COMPLETION_VARIANTS = tuple(v for v in VARIANTS if v.startswith(COMPLETION_PREFI
 # Where the model's text starts, after the question (a completion prompt ends with it).
 # completion_option's cue opens a bullet: after a bare "Answer:" the model starts a new line, which would end the
 # answer before it begins (a one-line answer stops at its first newline).
-_CUE = {"completion_direct": "Answer:", "completion_option": "Answer:\n-", "completion_cot": "Reasoning:"}
+_CUE = {"completion_direct": "Answer:", "completion_option": "Answer:\n-", "completion_open": "Answer:",
+        "completion_cot": "Reasoning:"}
+
+
+def blank_stem(question: str) -> str:
+    """A fill-in question's words before its blank ("The writer thinks that _ ." -> "The writer thinks that"), or ""
+    (no blank, or the blank comes first). completion_open's answer continues them, as the sentence would."""
+    return question.split("_", 1)[0].strip() if "_" in question else ""
+
+
+def cue(record: dict, variant: str) -> str:
+    """Where the model's text starts: the variant's cue, or for a completion_open fill-in question its stem."""
+    return (variant == OPEN_VARIANT and blank_stem(record["question"])) or _CUE[variant]
 
 
 def is_chat(variant: str) -> bool:
@@ -85,20 +107,24 @@ def build_messages(record: dict, variant: str) -> list[dict]:
 
 
 def completion_question(record: dict, variant: str = "completion_direct") -> str:
-    """One question in the completion layout (as lm-evaluation-harness lays out RACE): options lettered, or for
-    completion_option listed unlettered under "Options:"."""
-    if variant == OPTION_VARIANT:
-        options = "Options:\n" + "\n".join(f"- {text}" for text in record["options"])
-    else:
-        options = "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(record["options"]))
+    """One question in the completion layout (as lm-evaluation-harness lays out RACE): options lettered, for
+    completion_option listed unlettered under "Options:", for completion_open not shown (nor a fill-in question,
+    whose stem is the cue)."""
     passage = f"Article: {record['context']}\n\n" if record.get("context") else ""
-    return f"{passage}Question: {record['question']}\n{options}\n"
+    if variant == OPEN_VARIANT:
+        return passage if blank_stem(record["question"]) else f"{passage}Question: {record['question']}\n"
+    if variant == OPTION_VARIANT:
+        options = "Options:\n" + "".join(f"- {text}\n" for text in record["options"])
+    else:
+        options = "".join(f"{LETTERS[i]}. {text}\n" for i, text in enumerate(record["options"]))
+    return f"{passage}Question: {record['question']}\n{options}"
 
 
 def shot_answer(shot: dict, variant: str) -> str:
-    """A solved example's answer: "Answer: B", or for completion_option the correct option's text as a bullet."""
-    if variant == OPTION_VARIANT:
-        return f"{_CUE[variant]} {shot['options'][LETTERS.index(shot['answer'])]}"
+    """A solved example's answer: "Answer: B", or for completion_option (as a bullet) and completion_open the correct
+    option's text."""
+    if variant in (OPTION_VARIANT, OPEN_VARIANT):
+        return f"{cue(shot, variant)} {shot['options'][LETTERS.index(shot['answer'])]}"
     return f"Answer: {shot['answer']}"
 
 
@@ -107,7 +133,7 @@ def completion_text(record: dict, variant: str, shots: list[dict] = ()) -> str:
     head = instructions(record, variant)
     # Shots show the answer line only: RACE has no written reasoning to show.
     solved = "".join(f"{completion_question(s, variant)}{shot_answer(s, variant)}\n\n" for s in shots)
-    return (f"{head}\n\n" if head else "") + solved + completion_question(record, variant) + _CUE[variant]
+    return (f"{head}\n\n" if head else "") + solved + completion_question(record, variant) + cue(record, variant)
 
 
 def render_prompt(tokenizer, record: dict, variant: str, shots: list[dict] = ()) -> str:

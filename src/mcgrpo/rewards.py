@@ -42,9 +42,12 @@ _NEW_EXAMPLE = re.compile(r"\n\s*(?:Article|Question|Passage)\s*:")
 COMPLETION_PREFIX = "completion_"  # prompt variants for pretrained models (prompts.COMPLETION_VARIANTS)
 # completion_option answers with the option's own words, not its letter: a small pretrained model cannot tie a
 # letter to an option (its letters are at chance on RACE) but does copy an option, and which one it copies can be
-# learnt. Both one-line variants end with their first line.
+# learnt. completion_open shows no options: the model's own words are read as the option they overlap most, so
+# there is no list position to fall back on. The three one-line variants end with their first line.
 OPTION_VARIANT = "completion_option"
-ONE_LINE_VARIANTS = ("completion_direct", OPTION_VARIANT)
+OPEN_VARIANT = "completion_open"
+OPTION_TEXT_VARIANTS = (OPTION_VARIANT, OPEN_VARIANT)  # judged against the option texts, not a letter
+ONE_LINE_VARIANTS = ("completion_direct", OPTION_VARIANT, OPEN_VARIANT)
 
 
 def completion_text(completion) -> str:
@@ -125,6 +128,25 @@ def match_option(text: str, options: list[str]) -> str | None:
     return LETTERS[best]
 
 
+# Words too common to tie an answer to one option ("the", "of", "was"): completion_open matches on the rest.
+# Short on purpose: "not", "no" and "never" carry the answer in options like "is not".
+_FUNCTION_WORDS = frozenset("a an the of to in on at by for from with as and or is was are were be been it its "
+                            "that this he she they his her their".split())
+
+
+def nearest_option(text: str, options: list[str]) -> str | None:
+    """The letter of the option a free answer overlaps most (F1 over sets of words, function words left out), or
+    None when it shares no such word with any option or ties between two: completion_open's reading. The model never
+    saw the options, so a close copy is not asked for; the answer only has to be nearer one option than the others."""
+    said = _words(text) - _FUNCTION_WORDS
+    scores = [2 * len(said & words) / (len(said) + len(words)) if said and words else 0.0
+              for words in (_words(o) - _FUNCTION_WORDS for o in options)]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    if scores[best] == 0 or sorted(scores)[-2] == scores[best]:
+        return None
+    return LETTERS[best]
+
+
 def _restates_option(text: str, options: list[str]) -> bool:
     """completion_option's strict form: the line is one option, whole (case, spacing and a leading "- " aside)."""
     line = " ".join(re.sub(r"^[-*\s]+", "", text).split()).lower()
@@ -135,7 +157,7 @@ def answer_span(text, variant: str = "cot") -> str:
     """The part of a completion its prompt variant asks for.
 
     A pretrained model given a completion prompt writes its answer, then goes on with a new question:
-    completion_direct and completion_option keep the first line; completion_cot keeps everything up to the end of
+    completion_direct, completion_option and completion_open keep the first line; completion_cot keeps everything up to the end of
     the first "Answer: ..." line, or up to the next question when there is none. Chat variants keep all of it.
     """
     text = completion_text(text)
@@ -160,10 +182,13 @@ def reasoning_text(text: str) -> str:
 
 
 def follows_format(text: str, variant: str = "cot", options: list[str] | None = None) -> bool:
-    """Did the completion answer in the form the prompt variant asked for? (completion_option needs the options.)"""
+    """Did the completion answer in the form the prompt variant asked for? (completion_option and completion_open
+    need the options.)"""
     text = answer_span(text, variant)
     if variant == OPTION_VARIANT:
-        return _restates_option(text, _needed(options))
+        return _restates_option(text, _needed(options, variant))
+    if variant == OPEN_VARIANT:
+        return nearest_option(text, _needed(options, variant)) is not None
     if variant in ("direct", "completion_direct"):
         return _BARE.match(text) is not None and len(text.strip()) <= 12
     if variant == "completion_cot":
@@ -174,18 +199,21 @@ def follows_format(text: str, variant: str = "cot", options: list[str] | None = 
 # --- rewards: TRL signature, one float per completion -------------------------------------------
 
 
-def _needed(options):
+def _needed(options, variant=OPTION_VARIANT):
     if options is None:
-        raise ValueError(f"prompt variant {OPTION_VARIANT!r} is judged against the option texts: pass options")
+        raise ValueError(f"prompt variant {variant!r} is judged against the option texts: pass options")
     return options
 
 
 def declared_answer(text, variant: str = "cot", n_options: int = 4, options: list[str] | None = None) -> str | None:
     """The letter a completion answers with, read from the part its variant asks for (its answer_span):
-    the declared letter, or for completion_option the option its line restates."""
+    the declared letter, for completion_option the option its line restates, for completion_open the option its
+    line overlaps most."""
     span = answer_span(text, variant)
     if variant == OPTION_VARIANT:
         return match_option(span, _needed(options))
+    if variant == OPEN_VARIANT:
+        return nearest_option(span, _needed(options, variant))
     return extract_answer(span, n_options)
 
 
@@ -207,7 +235,7 @@ def correctness_reward(completions, answer, n_options=None, variant=None, option
 def format_reward(completions, variant=None, options=None, **kwargs) -> list[float]:
     """1.0 when the completion has its variant's form (cot: exactly `<reasoning>...</reasoning><answer>X</answer>`;
     direct: the letter alone; completion_cot: reasoning, then a final line `Answer: X`; completion_option: one
-    option's text, whole), else 0.0."""
+    option's text, whole; completion_open: a line nearer one option than every other), else 0.0."""
     options = options or [None] * len(completions)
     variants = _variants(variant, len(completions))
     return [float(follows_format(c, v, o)) for c, v, o in zip(completions, variants, options)]
@@ -235,7 +263,7 @@ def base_choice_reward(completions, variant=None, options=None, n_options=None, 
     n_options, options = n_options or [4] * n, options or [None] * n
     scores = []
     for c, v, k, o, choice in zip(completions, _variants(variant, n), n_options, options, base_choice):
-        pred = declared_answer(c, v, k, _needed(o))  # the choice is an option's text: the options say which letter
+        pred = declared_answer(c, v, k, _needed(o, v))  # the choice is an option's text: the options say which letter
         scores.append(float(pred is not None and o[LETTERS.index(pred)] == choice))
     return scores
 
