@@ -146,3 +146,27 @@ def test_base_variants(tmp_path, questions, tiny_model_dir):
     failed = subprocess.run(command("base_variants.py", "--model", tiny_model_dir, "--questions", questions,
                                     "--shots", "3", "--out", tmp_path / "x.json"), capture_output=True, text=True)
     assert failed.returncode == 2 and "give --train" in failed.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_rejudge_reads_saved_predictions_the_current_way(tmp_path):
+    # a line naming every candidate was an answer under the old F1 reading; the current reading refuses it
+    options = ["Kim", "Kate", "Lily", "Lucy"]
+    row = {"variant": "completion_open", "answer": "A", "n_options": 4, "options": options, "finished": True,
+           "n_tokens": 4, "reasoning_words": 0, "source": "race", "kind": "wh"}
+    base = [{**row, "id": "q1", "completion": "It is Kim's."}, {**row, "id": "q2", "completion": "a red one"}]
+    tuned = [{**row, "id": "q1", "completion": "Kim. Kate. Lily. Lucy."}, {**row, "id": "q2", "completion": "Kim's"}]
+    write_jsonl(tmp_path / "base.jsonl", base + [{**row, "variant": "loglik", "id": "q1", "completion": ""}])
+    write_jsonl(tmp_path / "tuned.jsonl", tuned)
+    out = tmp_path / "rejudged.json"
+    subprocess.run(command("rejudge.py", "--variant", "completion_open", "--base", tmp_path / "base.jsonl",
+                           "--tuned", tmp_path / "tuned.jsonl", "--out", out), cwd=ROOT, check=True)
+    result = json.loads(out.read_text())
+    assert result["base"]["accuracy"] == 0.5 and result["base"]["answered_rate"] == 0.5  # the loglik row is left out
+    assert result["base"]["lines_touching_2_or_more_options"] == 0
+    assert result["tuned"]["accuracy"] == 0.5 and result["tuned"]["lines_touching_2_or_more_options"] == 0.5
+    assert result["tuned"]["mcnemar"] == {"fixed": 1, "broken": 1, "p_value": 1.0} and result["tuned"]["change"] == 0
+    assert "peer" not in result
+    bad = subprocess.run(command("rejudge.py", "--variant", "completion_option", "--base", tmp_path / "base.jsonl",
+                                 "--tuned", tmp_path / "tuned.jsonl", "--out", out), cwd=ROOT, capture_output=True,
+                         text=True)
+    assert bad.returncode != 0 and "no completion_option rows" in bad.stderr

@@ -51,7 +51,7 @@ def test_report_has_every_section_with_numbers_from_metrics():
     assert "tuned says 3" in report and "base says 5" in report  # example completions are quoted
     assert "https://huggingface.co/unsloth/gemma-3-1b-it" in report
     # each reward's whole first docstring paragraph, not a first line cut mid-sentence
-    assert "completion_open: a line nearer one option than every other), else 0.0." in report
+    assert "completion_open: a line that names one option), else 0.0." in report
     assert "**last** declaration" in report and "restates" not in report
     assert "| option order | as in the data |" in report and "step time (mean of last 10)" not in report
     option_run = Params.model_validate({"train": {"variant": "completion_option", "option_order": "per_completion"}})

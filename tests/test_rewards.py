@@ -188,19 +188,31 @@ def test_completion_option_rewards_take_the_options_column():
 
 
 @pytest.mark.parametrize("text,expected", [
-    (" went to school with her friends\nArticle:", "B"),            # the first line, nearest B
-    (" At the park.", "C"),                                       # one shared word is enough
-    (" a dragon ate the moon", None),                             # no word shared with any option
-    (" went", None),                                              # tied between A and B
+    (" the girl went to school with her friends\nArticle: the boy", "B"),  # the first line: "girl", "school" are B's
+    (" At the park.", "C"),                                       # one word only C has is enough
+    (" a dragon ate the moon", None),                             # no option's word
+    (" went", None),                                              # a word A and B share names neither
+    (" the boy went home. The girl went to school.", None),       # names A and B: a spray of candidates
     ("", None),
 ])
-def test_completion_open_reads_the_nearest_option(text, expected):
+def test_completion_open_reads_the_one_option_named(text, expected):
     from mcgrpo.rewards import judge
 
     assert judge(text, "B", 4, "completion_open", OPTIONS) == {
         "pred": expected, "correct": expected == "B", "format_ok": expected is not None}
     with pytest.raises(ValueError, match="'completion_open' is judged against the option texts"):
         judge(text, "B", 4, "completion_open")
+
+
+def test_completion_open_is_not_read_from_a_line_naming_every_option():
+    # the line GRPO learnt under a looser reading (word-overlap F1, unique best): it names all the candidates
+    from mcgrpo.rewards import nearest_option
+
+    options = ["Kim's.", "Kate's.", "Lily's.", "Lucy's."]
+    assert nearest_option("It's Kim's. It's Kate's. It's Lily's. It's Kim's.", options) is None
+    assert nearest_option("It's Kim's.", options) == "A"
+    assert nearest_option("sing and dance very well", ["play the guitar", "sing and dance", "sing well"]) is None
+    assert nearest_option("she can sing and dance", ["play the guitar", "sing and dance", "sing well"]) == "B"
 
 
 def test_base_choice_rewards_the_base_models_own_choice_by_its_text():

@@ -9,7 +9,7 @@ Two families:
   ("Article: ... Question: ... A. ... Answer:"), optionally after k solved examples from the train split
   (prepare.n_shots). completion_option lists the options unlettered ("- ...") and is answered with an option's own
   words: a small pretrained model's letters are at chance, but it copies options (rewards.OPTION_VARIANT).
-  completion_open shows no options at all: the model writes its own answer, read as the option it overlaps most
+  completion_open shows no options at all: the model writes its own answer, read as the one option it names
   (rewards.OPEN_VARIANT). With no list to copy from there is no position to prefer. A fill-in question is not asked
   but begun: the article is followed by the question's words before its blank, and the answer continues the
   sentence (asked with its blank, the 270M copies the blank). Other questions keep "Question: ... Answer:", the
@@ -49,8 +49,8 @@ LAYOUTS = {
     "completion_option": "no instructions: options unlettered (`- ...`), the layout ends in `Answer:` and a new "
                          "line's `-`, one option's own words follow",
     "completion_open": "no instructions and no options: the layout ends in `Answer:`, or for a fill-in question in "
-                       "its words before the blank; the model's own words follow, read as the option they overlap "
-                       "most",
+                       "its words before the blank; the model's own words follow, read as the one option they "
+                       "name (a word only that option has)",
 }
 VARIANTS = tuple(INSTRUCTIONS)
 CHAT_VARIANTS = ("direct", "cot")

@@ -42,7 +42,7 @@ _NEW_EXAMPLE = re.compile(r"\n\s*(?:Article|Question|Passage)\s*:")
 COMPLETION_PREFIX = "completion_"  # prompt variants for pretrained models (prompts.COMPLETION_VARIANTS)
 # completion_option answers with the option's own words, not its letter: a small pretrained model cannot tie a
 # letter to an option (its letters are at chance on RACE) but does copy an option, and which one it copies can be
-# learnt. completion_open shows no options: the model's own words are read as the option they overlap most, so
+# learnt. completion_open shows no options: the model's own words are read as the one option they name, so
 # there is no list position to fall back on. The three one-line variants end with their first line.
 OPTION_VARIANT = "completion_option"
 OPEN_VARIANT = "completion_open"
@@ -135,16 +135,19 @@ _FUNCTION_WORDS = frozenset("a an the of to in on at by for from with as and or 
 
 
 def nearest_option(text: str, options: list[str]) -> str | None:
-    """The letter of the option a free answer overlaps most (F1 over sets of words, function words left out), or
-    None when it shares no such word with any option or ties between two: completion_open's reading. The model never
-    saw the options, so a close copy is not asked for; the answer only has to be nearer one option than the others."""
+    """The letter of the one option a free answer names, or None: completion_open's reading.
+
+    An option is named when the answer holds one of its distinctive words (a word no other option has; function
+    words left out). An answer naming none, or several, is no answer. The model never saw the options, so a close
+    copy is not asked for; but a line that goes on naming every candidate ("It's Kim's. It's Kate's. It's Lily's.")
+    must not be read as any of them. (Word-overlap F1 with a unique best did read such lines: on the real 270M,
+    GRPO learnt to write longer ones, and its gain on RACE test fell from +0.054 to +0.008 read this way,
+    benchmarks/README.md.)"""
     said = _words(text) - _FUNCTION_WORDS
-    scores = [2 * len(said & words) / (len(said) + len(words)) if said and words else 0.0
-              for words in (_words(o) - _FUNCTION_WORDS for o in options)]
-    best = max(range(len(scores)), key=scores.__getitem__)
-    if scores[best] == 0 or sorted(scores)[-2] == scores[best]:
-        return None
-    return LETTERS[best]
+    words = [_words(o) - _FUNCTION_WORDS for o in options]
+    named = [i for i, own in enumerate(words)
+             if said & own.difference(*(other for j, other in enumerate(words) if j != i))]
+    return LETTERS[named[0]] if len(named) == 1 else None
 
 
 def _restates_option(text: str, options: list[str]) -> bool:
@@ -208,7 +211,7 @@ def _needed(options, variant=OPTION_VARIANT):
 def declared_answer(text, variant: str = "cot", n_options: int = 4, options: list[str] | None = None) -> str | None:
     """The letter a completion answers with, read from the part its variant asks for (its answer_span):
     the declared letter, for completion_option the option its line restates, for completion_open the option its
-    line overlaps most."""
+    line names."""
     span = answer_span(text, variant)
     if variant == OPTION_VARIANT:
         return match_option(span, _needed(options))
@@ -235,7 +238,7 @@ def correctness_reward(completions, answer, n_options=None, variant=None, option
 def format_reward(completions, variant=None, options=None, **kwargs) -> list[float]:
     """1.0 when the completion has its variant's form (cot: exactly `<reasoning>...</reasoning><answer>X</answer>`;
     direct: the letter alone; completion_cot: reasoning, then a final line `Answer: X`; completion_option: one
-    option's text, whole; completion_open: a line nearer one option than every other), else 0.0."""
+    option's text, whole; completion_open: a line that names one option), else 0.0."""
     options = options or [None] * len(completions)
     variants = _variants(variant, len(completions))
     return [float(follows_format(c, v, o)) for c, v, o in zip(completions, variants, options)]
