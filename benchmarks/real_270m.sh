@@ -48,7 +48,7 @@ stamp() { echo "== $* ($(date -u +%T), $(( $(date +%s) - start )) s)"; }
 # most likely option is right 0.27 of the time on 200 dev questions, against 0.335 for the plain log-likelihood
 # (results/2026-12-02_cpu_reading_listed_real270m_dev200.json). completion_open has no list position to collapse
 # onto. Its first run (results/2026-12-02_h200_real270m_open) read answers by word-overlap F1 and GRPO learnt lines
-# that name several candidates; it now reads the one option a line names (rewards.nearest_option), under which the
+# that name several candidates; it now reads the one option a line names (rewards.named_option), under which the
 # base's answers that name one are right 0.41 of the time on RACE test.
 # Rollouts are one line (cut at 32 tokens), so TRL's own generate is used (no compile to amortise), and a 270M model
 # needs no gradient checkpointing. Evaluation reads the same 32 tokens the rewards read in training: with 128, the

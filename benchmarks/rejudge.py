@@ -15,7 +15,7 @@ import argparse
 
 from mcgrpo.fileio import read_jsonl, write_json
 from mcgrpo.metrics import compare, summarize
-from mcgrpo.rewards import _FUNCTION_WORDS, _words, answer_span, judge
+from mcgrpo.rewards import answer_span, content_words, judge
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--variant", required=True)
@@ -44,8 +44,8 @@ def reread(path: str, model: str) -> list[dict]:
         text = r["completion"]
         if args.max_tokens:
             text = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:args.max_tokens])
-        said = _words(answer_span(text, args.variant)) - _FUNCTION_WORDS
-        touched = sum(bool(said & (_words(o) - _FUNCTION_WORDS)) for o in r["options"])
+        said = content_words(answer_span(text, args.variant))
+        touched = sum(bool(said & content_words(o)) for o in r["options"])
         out.append({**r, **judge(text, r["answer"], r["n_options"], args.variant, r["options"]),
                     "model": model, "options_touched": touched})
     return out

@@ -206,13 +206,13 @@ def test_completion_open_reads_the_one_option_named(text, expected):
 
 def test_completion_open_is_not_read_from_a_line_naming_every_option():
     # the line GRPO learnt under a looser reading (word-overlap F1, unique best): it names all the candidates
-    from mcgrpo.rewards import nearest_option
+    from mcgrpo.rewards import named_option
 
     options = ["Kim's.", "Kate's.", "Lily's.", "Lucy's."]
-    assert nearest_option("It's Kim's. It's Kate's. It's Lily's. It's Kim's.", options) is None
-    assert nearest_option("It's Kim's.", options) == "A"
-    assert nearest_option("sing and dance very well", ["play the guitar", "sing and dance", "sing well"]) is None
-    assert nearest_option("she can sing and dance", ["play the guitar", "sing and dance", "sing well"]) == "B"
+    assert named_option("It's Kim's. It's Kate's. It's Lily's. It's Kim's.", options) is None
+    assert named_option("It's Kim's.", options) == "A"
+    assert named_option("sing and dance very well", ["play the guitar", "sing and dance", "sing well"]) is None
+    assert named_option("she can sing and dance", ["play the guitar", "sing and dance", "sing well"]) == "B"
 
 
 def test_base_choice_rewards_the_base_models_own_choice_by_its_text():

@@ -222,9 +222,9 @@ def _reward_section(p, reward_model_metrics) -> list[str]:
             ("The answer is the option the completion's first line restates (word-overlap F1 at least 0.6 with it "
              "and above every other option); a blend of two options, or new words, count as no answer."
              if p.train.variant == OPTION_VARIANT else
-             "The model writes its answer without seeing the options; the answer is the one option its first line names "
-             "(holds a word that no other option has, function words aside); a line naming none, or several, counts "
-             "as no answer." if p.train.variant == OPEN_VARIANT else
+             "The model writes its answer without seeing the options; the answer is the one option its first line "
+             "names (holds a word that no other option has, function words aside); a line naming none, or several, "
+             "counts as no answer." if p.train.variant == OPEN_VARIANT else
              "The answer letter is extracted from the **last** declaration (`<answer>C</answer>`, `Answer: C`, "
              "`\\boxed{C}`, ...); two letters, or a letter outside the options, count as no answer."),
             *(["### Learned reward model", *reward_model_section(reward_model_metrics, p.reward_model,

@@ -134,17 +134,21 @@ _FUNCTION_WORDS = frozenset("a an the of to in on at by for from with as and or 
                             "that this he she they his her their".split())
 
 
-def nearest_option(text: str, options: list[str]) -> str | None:
+def content_words(text: str) -> set[str]:
+    """The words of a text that can tie it to one option: its lowercased words, function words left out."""
+    return _words(text) - _FUNCTION_WORDS
+
+
+def named_option(text: str, options: list[str]) -> str | None:
     """The letter of the one option a free answer names, or None: completion_open's reading.
 
-    An option is named when the answer holds one of its distinctive words (a word no other option has; function
-    words left out). An answer naming none, or several, is no answer. The model never saw the options, so a close
-    copy is not asked for; but a line that goes on naming every candidate ("It's Kim's. It's Kate's. It's Lily's.")
-    must not be read as any of them. (Word-overlap F1 with a unique best did read such lines: on the real 270M,
-    GRPO learnt to write longer ones, and its gain on RACE test fell from +0.054 to +0.008 read this way,
-    benchmarks/README.md.)"""
-    said = _words(text) - _FUNCTION_WORDS
-    words = [_words(o) - _FUNCTION_WORDS for o in options]
+    An option is named when the answer holds one of its distinctive content words (a word no other option has).
+    An answer naming none, or several, is no answer. The model never saw the options, so a close copy is not asked
+    for; but a line that goes on naming every candidate ("It's Kim's. It's Kate's. It's Lily's.") must not be read
+    as any of them: a looser reading (word-overlap F1, unique best) taught GRPO to write such lines
+    (benchmarks/README.md)."""
+    said = content_words(text)
+    words = [content_words(o) for o in options]
     named = [i for i, own in enumerate(words)
              if said & own.difference(*(other for j, other in enumerate(words) if j != i))]
     return LETTERS[named[0]] if len(named) == 1 else None
@@ -160,8 +164,9 @@ def answer_span(text, variant: str = "cot") -> str:
     """The part of a completion its prompt variant asks for.
 
     A pretrained model given a completion prompt writes its answer, then goes on with a new question:
-    completion_direct, completion_option and completion_open keep the first line; completion_cot keeps everything up to the end of
-    the first "Answer: ..." line, or up to the next question when there is none. Chat variants keep all of it.
+    the one-line variants (completion_direct, completion_option, completion_open) keep the first line;
+    completion_cot keeps everything up to the end of the first "Answer: ..." line, or up to the next question when
+    there is none. Chat variants keep all of it.
     """
     text = completion_text(text)
     if not variant.startswith(COMPLETION_PREFIX):
@@ -191,7 +196,7 @@ def follows_format(text: str, variant: str = "cot", options: list[str] | None = 
     if variant == OPTION_VARIANT:
         return _restates_option(text, _needed(options, variant))
     if variant == OPEN_VARIANT:
-        return nearest_option(text, _needed(options, variant)) is not None
+        return named_option(text, _needed(options, variant)) is not None
     if variant in ("direct", "completion_direct"):
         return _BARE.match(text) is not None and len(text.strip()) <= 12
     if variant == "completion_cot":
@@ -216,7 +221,7 @@ def declared_answer(text, variant: str = "cot", n_options: int = 4, options: lis
     if variant == OPTION_VARIANT:
         return match_option(span, _needed(options))
     if variant == OPEN_VARIANT:
-        return nearest_option(span, _needed(options, variant))
+        return named_option(span, _needed(options, variant))
     return extract_answer(span, n_options)
 
 
