@@ -12,8 +12,14 @@ answer greedy decoding would aim at, position habits included. Averaged over eve
 list (each option shown once in each position), the position habit cancels, and what is left is how far the
 written answer's distribution follows the passage.
 
+--own-line asks whether the model's own free answer points to an option even when it names none: the denser signal
+a `completion_open` reward could use. It writes the model's `completion_open` line (greedy, --line-tokens), then
+scores each option after the prompt, that line and "\nSo the answer is:". It reports that choice's accuracy overall
+and split by whether `rewards.named_option` reads the line as one option, beside the plain log-likelihood on the
+same questions.
+
     python benchmarks/reading_ablation.py --model models/gemma-3-270m --questions data/prepared/eval.jsonl \
-        --out reading.json [--n 300] [--adapter models/adapter] [--listed]
+        --out reading.json [--n 300] [--adapter models/adapter] [--listed] [--own-line]
 """
 
 import argparse
@@ -26,8 +32,9 @@ from mcgrpo.loglik import VARIANT, loglik_rows, option_logprobs, rows_from_logpr
 from mcgrpo.metrics import compare, summarize
 from mcgrpo.modeling import load_model
 from mcgrpo.params import ModelParams
-from mcgrpo.prompts import completion_text
-from mcgrpo.rewards import LETTERS, OPTION_VARIANT
+from mcgrpo.generation import generate
+from mcgrpo.prompts import completion_text, render_prompt, stop_token_ids
+from mcgrpo.rewards import LETTERS, OPEN_VARIANT, OPTION_VARIANT, answer_span, named_option
 from mcgrpo.training import with_options_permuted
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,6 +50,10 @@ parser.add_argument("--batch-size", type=int, default=16, help="option sequences
 parser.add_argument("--listed", action="store_true",
                     help=f"also score the options after the {OPTION_VARIANT} prompt, in the data's order and "
                          "averaged over every rotation of the option list")
+parser.add_argument("--own-line", action="store_true",
+                    help=f"also score the options after the model's own {OPEN_VARIANT} line, split by whether the "
+                         "line names one option")
+parser.add_argument("--line-tokens", type=int, default=32, help="--own-line: new tokens of the written line")
 args = parser.parse_args()
 
 records = read_jsonl(args.questions)
@@ -101,6 +112,41 @@ if args.listed:
     listed["seconds"] = round(time.perf_counter() - start, 1)
     result["listed"] = listed
     print("listed", listed)
+if args.own_line:
+    start = time.perf_counter()
+    prompts = [render_prompt(tokenizer, r, OPEN_VARIANT) for r in records]
+    outputs = generate(model, tokenizer, prompts, batch_size=max(1, args.batch_size // 2),
+                       max_new_tokens=args.line_tokens, desc=f"{OPEN_VARIANT} lines",
+                       stop_ids=stop_token_ids(tokenizer, OPEN_VARIANT))
+    lines = [answer_span(o["text"], OPEN_VARIANT) for o in outputs]
+    after = [f"{completion_text(r, OPEN_VARIANT)} {line}\nSo the answer is:" for r, line in zip(records, lines)]
+    contexts = dict(zip(map(id, records), after))  # by object: ids need not be unique in a user's file
+    scored = rows_from_logprobs(records, option_logprobs(model, tokenizer, records, args.batch_size,
+                                                         context=lambda r: contexts[id(r)]),
+                                "after own line", question_kind)
+    named = [named_option(line, r["options"]) for line, r in zip(lines, records)]
+
+    def accuracy(rows_, which):
+        picked = [row["correct"] for row, n in zip(rows_, named) if which(n)]
+        return {"n": len(picked), "accuracy": round(sum(picked) / len(picked), 4) if picked else None}
+
+    m = summarize(scored)[VARIANT]
+    versus = compare(rows["with_article"], scored)[VARIANT]
+    n_named = sum(n is not None for n in named)
+    own = {"template": "prompt + ' ' + line + '\\nSo the answer is:' + ' <option>'",
+           "accuracy": m["accuracy"], "accuracy_ci": [m["accuracy_ci_low"], m["accuracy_ci_high"]],
+           "minus_plain": versus["accuracy_delta"],
+           "minus_plain_mcnemar": {k: versus[k] for k in ("fixed", "broken", "p_value")},
+           "named_one_rate": round(n_named / len(records), 4)}
+    for subset, which in (("named_one", lambda n: n is not None), ("named_none_or_several", lambda n: n is None)):
+        own[subset] = {"after_line": accuracy(scored, which), "plain": accuracy(rows["with_article"], which)}
+    # on the lines read as one option: how often that reading is right, and how often the after-line score agrees
+    own["named_one"]["as_read"] = round(sum(n == r["answer"] for n, r in zip(named, records) if n) / max(1, n_named), 4)
+    own["named_one"]["after_line_agrees_with_read"] = round(
+        sum(row["pred"] == n for row, n in zip(scored, named) if n) / max(1, n_named), 4)
+    own["seconds"] = round(time.perf_counter() - start, 1)
+    result["own_line"] = own
+    print("own_line", own)
 write_json(args.out, result)
 print(f"reading gain {result['reading_gain']:+.4f} (McNemar p {result['reading_gain_mcnemar']['p_value']}); "
       f"best question-blind {result['best_position_only_accuracy']} -> {args.out}")

@@ -112,7 +112,7 @@ def test_reading_ablation(tmp_path, questions, tiny_model_dir):
     write_jsonl(rotated, [with_options_permuted(r, [1, 2, 3, 0]) for r in records])
     out_rotated = tmp_path / "reading_rotated.json"
     run_all({"reading": command("reading_ablation.py", "--model", tiny_model_dir, "--questions", questions, "--n", 6,
-                                "--out", out, "--listed"),
+                                "--out", out, "--listed", "--own-line", "--line-tokens", 4),
              "rotated": command("reading_ablation.py", "--model", tiny_model_dir, "--questions", rotated, "--n", 6,
                                 "--out", out_rotated, "--listed")})
     result = json.loads(out.read_text())
@@ -124,6 +124,14 @@ def test_reading_ablation(tmp_path, questions, tiny_model_dir):
     assert sum(listed["highest_by_displayed_position"].values()) == pytest.approx(1.0, abs=1e-3)
     assert listed["rotations_averaged"] == listed_rotated["rotations_averaged"]
     assert listed["highest_by_displayed_position"] == listed_rotated["highest_by_displayed_position"]
+    # --own-line: the two subsets split the sample, and each subset's plain accuracy is the with-article rows'
+    own = result["own_line"]
+    named, unnamed = own["named_one"], own["named_none_or_several"]
+    assert named["after_line"]["n"] + unnamed["after_line"]["n"] == 6 == named["plain"]["n"] + unnamed["plain"]["n"]
+    assert own["named_one_rate"] == round(named["after_line"]["n"] / 6, 4)
+    plain_right = sum((sub["plain"]["accuracy"] or 0) * sub["plain"]["n"] for sub in (named, unnamed))
+    assert plain_right == pytest.approx(result["with_article"]["accuracy"] * 6, abs=1e-3)
+    assert 0 <= own["accuracy"] <= 1 and own["minus_plain"] == round(own["accuracy"] - result["with_article"]["accuracy"], 4)
     no_passage = tmp_path / "no_passage.jsonl"
     write_jsonl(no_passage, [{**r, "context": ""} for r in make_synthetic_mc(4, seed=1)])
     failed = subprocess.run(command("reading_ablation.py", "--model", tiny_model_dir, "--questions", no_passage,
