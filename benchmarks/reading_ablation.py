@@ -28,11 +28,11 @@ import time
 
 from mcgrpo.data.stats import question_kind
 from mcgrpo.fileio import read_jsonl, write_json
+from mcgrpo.generation import generate
 from mcgrpo.loglik import VARIANT, loglik_rows, option_logprobs, rows_from_logprobs
 from mcgrpo.metrics import compare, summarize
 from mcgrpo.modeling import load_model
 from mcgrpo.params import ModelParams
-from mcgrpo.generation import generate
 from mcgrpo.prompts import completion_text, render_prompt, stop_token_ids
 from mcgrpo.rewards import LETTERS, OPEN_VARIANT, OPTION_VARIANT, answer_span, named_option
 from mcgrpo.training import with_options_permuted
@@ -141,9 +141,9 @@ if args.own_line:
     for subset, which in (("named_one", lambda n: n is not None), ("named_none_or_several", lambda n: n is None)):
         own[subset] = {"after_line": accuracy(scored, which), "plain": accuracy(rows["with_article"], which)}
     # on the lines read as one option: how often that reading is right, and how often the after-line score agrees
-    own["named_one"]["as_read"] = round(sum(n == r["answer"] for n, r in zip(named, records) if n) / max(1, n_named), 4)
-    own["named_one"]["after_line_agrees_with_read"] = round(
-        sum(row["pred"] == n for row, n in zip(scored, named) if n) / max(1, n_named), 4)
+    read = [(n, r["answer"], row["pred"]) for n, r, row in zip(named, records, scored) if n is not None]
+    own["named_one"]["as_read"] = round(sum(n == gold for n, gold, _ in read) / max(1, n_named), 4)
+    own["named_one"]["after_line_agrees_with_read"] = round(sum(n == pred for n, _, pred in read) / max(1, n_named), 4)
     own["seconds"] = round(time.perf_counter() - start, 1)
     result["own_line"] = own
     print("own_line", own)

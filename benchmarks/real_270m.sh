@@ -79,8 +79,9 @@ test=(-S prepare.eval_split=test -S prepare.n_eval=null -S eval.mode=both -S eva
 # within ~25-50 steps (entropy ~0.02), with the base_choice reward too (results/2026-12-02_h200_real270m_base_choice);
 # at lr 3e-5 the entropy held (0.3-0.7, results/2026-12-01_h200_real270m_dev_format). On completion_open, lr 5e-5
 # kept the entropy at 2.4 and the KL under 0.23 for 150 steps (results/2026-12-02_h200_real270m_open, under the
-# earlier F1 reading), so a larger rate has room; under the one-option reading lr 1e-4 held too (entropy 2.5, KL <= 0.21)
-# but moved the rewards little (results/2026-12-02b_h200_real270m_open_strict). Matmuls run on TF32 tensor cores (REAL_RUN_TF32, model.tf32).
+# earlier F1 reading), so a larger rate has room; under the one-option reading lr 1e-4 held too (entropy 2.5,
+# KL <= 0.21) but moved the rewards little (results/2026-12-02b_h200_real270m_open_strict). Matmuls run on TF32 tensor
+# cores (REAL_RUN_TF32, model.tf32).
 # On an H200 with TF32 a one-line step takes ~1.9 s: one dev setting took 515-609 s with two dev variants, the test
 # run 204-221 s, the peer 324-365 s and the two reading checks 356 s, 26 min in all with the model build, so one
 # setting fits a 30-minute session; with two, run REAL_RUN_ONLY_DEV=1 in one session and REAL_RUN_SETTING in the next.
