@@ -50,10 +50,13 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def record(name, fn):
+def record(name, fn, static=None):
+    """Time fn's warm-up call and args.repeats more; for a StaticGenerator (static), also its GPU seconds in prefill
+    and in decoding over the timed calls."""
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _, warmup = timed(fn)
+    before = static.seconds() if static is not None and DEVICE == "cuda" else None
     runs = [timed(fn) for _ in range(args.repeats)]
     out, seconds = runs[-1]
     best = min(s for _, s in runs)
@@ -61,6 +64,11 @@ def record(name, fn):
     results["engines"][name] = {"warmup_s": round(warmup, 1), "seconds": [round(s, 3) for _, s in runs],
                                 "new_tok_per_s": round(new / best), "ms_per_step": round(1000 * best / out.shape[1], 2),
                                 "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEVICE == "cuda" else None}
+    if before is not None:  # where a call's time goes: the prefill, and the decode steps (ms each)
+        after = static.seconds()
+        prefill, decode = (after[k] - before[k] for k in ("prefill_s", "decode_s"))
+        results["engines"][name].update(prefill_s_per_call=round(prefill / args.repeats, 3),
+                                        decode_ms_per_step=round(1000 * decode / args.repeats / (out.shape[1] - 1), 3))
     print(name, json.dumps(results["engines"][name]), flush=True)
     return out
 
@@ -83,7 +91,7 @@ with torch.inference_mode():
                                        compile_prefill=True)
             results["compiled_prefill_setup_s"] = round(time.perf_counter() - t, 1)
             outputs[name] = record(name, lambda: compiled.generate(
-                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0))
+                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0), compiled)
             continue
         if generator is None:
             t = time.perf_counter()
@@ -94,7 +102,7 @@ with torch.inference_mode():
             use_grouped_attention(model)  # back to the generator's attention after an HF engine
         if name == "static_generator":
             outputs[name] = record(name, lambda: generator.generate(
-                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0))
+                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0), generator)
         elif name == "static_generator_sampling":
             record(name, lambda: generator.generate(
                 ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0, temperature=1.0))

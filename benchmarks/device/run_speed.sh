@@ -8,7 +8,11 @@
 # In a copy of the tree, one after the other on the GPU: decode (generation.py: the default engine against HF's
 # compiled static cache), the GRPO step (grpo_step.py: the pipeline against TRL's defaults), and the whole-test-set
 # baseline stage (real_scale.py: log-likelihood plus two variants, 256 new tokens). Results land in /tmp/speed/out.
+# SPEED_PARTS picks and orders the parts (default decode,grpo,baseline); "profile" is decode_variants.py (the
+# compiled decode step's kernels by time, and the step compiled with max-autotune). SPEED_ENGINES and SPEED_PATHS
+# pick generation.py's engines and grpo_step.py's paths.
 set -uo pipefail
+SPEED_PARTS=${SPEED_PARTS:-decode,grpo,baseline}
 mkdir -p /tmp/speed/out /tmp/site
 echo $$ > /tmp/speed/device.pid
 repo=/tmp/speed/repo out=/tmp/speed/out
@@ -21,14 +25,25 @@ cd "$repo"
 stamp() { echo "== $* ($(date -u +%T))"; }
 stamp start; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import trl, torch, transformers; print('trl', trl.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-stamp decode
-timeout 240 python3 benchmarks/generation.py --engines static_generator,hf_static --out $out/generation.json \
-  > $out/generation.log 2>&1; echo "rc $?"; tail -3 $out/generation.log
-stamp "grpo step"
-timeout 420 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok --steps 5 \
-  --out $out/grpo_step.json > $out/grpo_step.log 2>&1; echo "rc $?"; tail -2 $out/grpo_step.log
-stamp "baseline stage, whole test set"
-timeout 420 python3 benchmarks/real_scale.py --race .bench/race_test_full.jsonl --race-train .bench/race_train64.jsonl \
-  --n-eval 0 --stages prepare,baseline --tokenizer $tok --set prepare.max_prompt_tokens=2048 \
-  --set eval.batch_size=256 --out $out/baseline > $out/baseline.log 2>&1; echo "rc $?"; tail -3 $out/baseline.log
+decode() {
+  timeout 300 python3 benchmarks/generation.py --engines "${SPEED_ENGINES:-static_generator,hf_static}" \
+    --out $out/generation.json > $out/generation.log 2>&1; echo "rc $?"; tail -3 $out/generation.log
+}
+profile() {
+  timeout 300 python3 benchmarks/decode_variants.py --variants grouped,max_autotune --budget-s 200 \
+    --out $out/decode_variants.json > $out/decode_variants.log 2>&1; echo "rc $?"; tail -3 $out/decode_variants.log
+}
+grpo() {
+  timeout 420 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok --steps 5 \
+    --paths "${SPEED_PATHS:-pipeline,trl_defaults}" --out $out/grpo_step.json > $out/grpo_step.log 2>&1; echo "rc $?"
+  tail -2 $out/grpo_step.log
+}
+baseline() {
+  timeout 420 python3 benchmarks/real_scale.py --race .bench/race_test_full.jsonl --race-train .bench/race_train64.jsonl \
+    --n-eval 0 --stages prepare,baseline --tokenizer $tok --set prepare.max_prompt_tokens=2048 \
+    --set eval.batch_size=256 --out $out/baseline > $out/baseline.log 2>&1; echo "rc $?"; tail -3 $out/baseline.log
+}
+for part in ${SPEED_PARTS//,/ }; do
+  stamp "$part"; "$part"
+done
 stamp done
