@@ -6,6 +6,7 @@ Both train a random-init Gemma3ForCausalLM with the exact 1B config (bf16; the o
 never stop early: the worst case):
 - pipeline: what `dvc repro train` runs with params.yaml's defaults and the run's shape (mcgrpo.training.train_grpo:
   LoRA, the rollout engine `auto` picks, gradient checkpointing), `--set section.key=value` overriding params;
+- pipeline_lora_rollouts: the same with train.merged_rollouts false (the fast rollouts read the LoRA layers);
 - trl_defaults: TRL's GRPOTrainer with GRPOConfig's defaults and only the shape set (full fine-tuning, TRL's rollouts
   through model.generate), the same reward functions and prompts.
 Each records every step's seconds (GPU-synced), completions per second over the steps after --warmup, the step's
@@ -94,18 +95,24 @@ def figures(seconds: list[float], phases: StepPhases) -> dict:
     median = statistics.median(seconds[first:])
     return {"step_s": [round(s, 3) for s in seconds], "median_step_s": round(median, 3),
             "completions_per_s": round(completions / median, 2), "step_phases_s_after_warmup": phases.mean(first),
+            "step_phases_s": [{k: round(v, 3) for k, v in step.items()} for step in phases.per_step()],
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available()
             else None}
 
 
-def run_pipeline() -> dict:
+def run_pipeline(merged_rollouts: bool = True) -> dict:
+    """The train stage's GRPO as params.yaml sets it (with --set); merged_rollouts False samples through the LoRA
+    layers themselves (train.merged_rollouts: false), for the comparison in one process."""
+    train = p.train.model_copy(update={"merged_rollouts": p.train.merged_rollouts and merged_rollouts})
     model, tokenizer, peft_config = load_policy(p, "transformers")
-    engine = rollout_engine(p.train, "transformers")
+    engine = rollout_engine(train, "transformers")
     clock, phases = StepClock(), StepPhases()
-    summary = train_grpo(model, tokenizer, peft_config, records, p.train, checkpoints=work / "checkpoints",
-                         adapter_out=work / "adapter", live_dir=work / "live", fingerprint={"benchmark": 1},
+    run = work / ("pipeline" if train.merged_rollouts else "pipeline_lora_rollouts")  # a fresh run each: no resume
+    summary = train_grpo(model, tokenizer, peft_config, records, train, checkpoints=run / "checkpoints",
+                         adapter_out=run / "adapter", live_dir=run / "live", fingerprint={"benchmark": 1},
                          bf16=bf16, engine=engine, callbacks=(clock.callback,), phases=phases)
-    return {"rollout_engine": engine, "finetune": p.train.finetune, "gradient_checkpointing":
+    return {"rollout_engine": engine, "merged_rollouts": train.merged_rollouts, "finetune": p.train.finetune,
+            "gradient_checkpointing":
             p.train.gradient_checkpointing, "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),
             **figures(clock.seconds, phases)}
 
@@ -127,7 +134,8 @@ def run_trl_defaults() -> dict:
             config.gradient_checkpointing, **figures(clock.seconds, phases)}
 
 
-runs = {"pipeline": run_pipeline, "trl_defaults": run_trl_defaults}
+runs = {"pipeline": run_pipeline, "pipeline_lora_rollouts": lambda: run_pipeline(merged_rollouts=False),
+        "trl_defaults": run_trl_defaults}
 result = {"machine": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
           "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "variant": p.train.variant,
           "tokenizer": "official Gemma 3" if args.tokenizer else "trained on the questions",

@@ -214,3 +214,63 @@ def test_prompts_are_tokenized_once_and_left_padded(model_and_tokenizer, records
     from_ids = generate(model, tok, encoded, batch_size=4, max_new_tokens=6, engine="fast")
     monkeypatch.undo()
     assert from_ids == generate(model, tok, texts, batch_size=4, max_new_tokens=6, engine="fast") and not calls
+
+
+def lora_ring_model():
+    """ring_test_model with LoRA (r 4) on every projection, its B matrices random so that the adapters change the
+    answers (peft starts B at zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, ids, mask = ring_test_model()
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return model, ids, mask
+
+
+@pytest.mark.parametrize("compile,device", [(False, "cpu"), (True, "cpu"),
+                                            pytest.param(True, "cuda", marks=pytest.mark.gpu)])
+def test_merged_lora_twins_equal_the_peft_model_and_follow_its_updates(compile, device):
+    """The generator runs LoRA layers as twins over merged weights (base + delta, refreshed every call): greedy
+    output equals the peft model's own generate, before and after an in-place change of the adapters (what an
+    optimizer step does between rollouts), and with the adapters disabled. The original layers keep their LoRA.
+    On CUDA the decode step is a CUDA graph: the refreshed buffers must be what its replays read."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    model, ids, mask = lora_ring_model()
+    model, ids, mask = model.to(device), ids.to(device), mask.to(device)
+    enc = {"input_ids": ids, "attention_mask": mask}
+    with model.disable_adapter():
+        base_reference = hf_greedy(model, enc, 20, [], 0)
+    reference = hf_greedy(model, enc, 20, [], 0)
+    assert not torch.equal(reference, base_reference)  # the adapters matter
+    torch._dynamo.reset()
+    generator = StaticGenerator(model, batch_size=3, max_length=25 + 20, compile=compile)
+    assert len(generator._merged) == 3 * 7
+    assert all(isinstance(layer.self_attn.q_proj, LoraLinear) for layer in model.base_model.model.model.layers)
+    assert all(type(twin.self_attn.q_proj) is torch.nn.Linear for twin in generator._run_layers)
+    run = lambda: generator.generate(ids, mask, max_new_tokens=20, eos_token_ids=[], pad_token_id=0)  # noqa: E731
+    assert torch.equal(run(), reference)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_A" in name:
+                param.mul_(-1.5)
+    updated = hf_greedy(model, enc, 20, [], 0)
+    assert not torch.equal(updated, reference)
+    assert torch.equal(run(), updated)
+    with model.disable_adapter():
+        assert torch.equal(run(), base_reference)
+    # without twins the generator reads the LoRA layers themselves: the same answers
+    unmerged = StaticGenerator(model, batch_size=3, max_length=25 + 20, compile=compile, merge_lora=False)
+    assert unmerged._merged == [] and unmerged._run_layers == unmerged._decoder_layers
+    assert torch.equal(unmerged.generate(ids, mask, max_new_tokens=20, eos_token_ids=[], pad_token_id=0), updated)
+
+
+def test_a_model_without_lora_runs_its_own_layers(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    generator = StaticGenerator(model, batch_size=2, max_length=32)
+    assert generator._merged == [] and generator._run_layers == generator._decoder_layers

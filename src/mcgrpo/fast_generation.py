@@ -11,6 +11,7 @@ Greedy output is token-for-token the same as `model.generate(do_sample=False)` o
 not supported: callers fall back to `generate`.
 """
 
+import copy
 import functools
 
 import torch
@@ -153,6 +154,54 @@ class DecodeCache:
         return self.layers[layer_idx].update(key, value)
 
 
+def _is_lora_linear(module) -> bool:
+    """A peft LoRA Linear whose delta merges into its base weight (plain LoRA: not DoRA, not merged already)."""
+    if not (hasattr(module, "get_delta_weight") and hasattr(module, "get_base_layer")):
+        return False
+    base = module.get_base_layer()
+    return (isinstance(base, torch.nn.Linear) and type(base) is torch.nn.Linear and not getattr(module, "merged", False)
+            and not any(getattr(module, "use_dora", {}).values()))
+
+
+def merged_twin(module, merged: list):
+    """`module` itself where nothing inside it is a LoRA Linear; otherwise a shallow copy in which each LoRA Linear
+    is a plain Linear over a weight buffer of its own, appended to `merged` as (buffer, LoRA module) for
+    refresh_merged to fill with base weight + LoRA delta. The original keeps its LoRA layers (training uses them).
+
+    Why: each LoRA Linear adds two thin matmuls and an add to every decode step (7 per Gemma layer: 364 more
+    kernels a step at 1B), for a delta that changes only once per optimizer step. The cost is one more copy
+    of the adapted weights.
+    """
+    if _is_lora_linear(module):
+        base = module.get_base_layer()
+        linear = torch.nn.Linear(base.in_features, base.out_features, bias=False, device="meta")
+        linear.weight = torch.nn.Parameter(torch.empty_like(base.weight), requires_grad=False)
+        linear.bias = base.bias
+        linear.train(False)
+        merged.append((linear.weight, module))
+        return linear
+    children = {name: merged_twin(child, merged) for name, child in module.named_children()}
+    if all(children[name] is child for name, child in module.named_children()):
+        return module
+    twin = copy.copy(module)  # shares parameters, buffers and config with the original
+    twin._modules = {**module._modules, **children}  # but has its own children table
+    twin.training = False
+    return twin
+
+
+@torch.no_grad()
+def refresh_merged(merged: list) -> None:
+    """Fill each twin buffer with its LoRA module's current weight: base + the active adapters' deltas (in
+    float32, rounded once to the buffer's dtype); base alone while the adapters are disabled."""
+    for weight, lora in merged:
+        total = lora.get_base_layer().weight.float()
+        if not lora.disable_adapters:
+            for name in lora.active_adapters:
+                if name in lora.lora_A:
+                    total = total + lora.get_delta_weight(name).float()
+        weight.copy_(total)
+
+
 def _routed_forward(compiled_layer, layer, cache, hidden_states, past_key_values=None, **kwargs):
     return compiled_layer(layer, hidden_states, cache, **kwargs)
 
@@ -196,7 +245,8 @@ class StaticGenerator:
     """
 
     def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32,
-                 grouped_attention: bool = True, compile_mode: str | None = None, compile_prefill: bool = False):
+                 grouped_attention: bool = True, compile_mode: str | None = None, compile_prefill: bool = False,
+                 merge_lora: bool = True):
         config = model.config
         self.kinds = layer_kinds(config)
         window = getattr(config, "sliding_window", None)
@@ -220,9 +270,14 @@ class StaticGenerator:
         # which can take the host longer per token than the GPU's work. compile_mode (e.g.
         # "max-autotune-no-cudagraphs") tunes the kernels.
         self._decode_layer = self._prefill_layer = None
+        self._decoder_layers = list(model.get_decoder().layers)
+        # merge_lora: the layers run as twins whose LoRA Linears are plain Linears over merged weights, refreshed
+        # at the start of every generate call (so they follow the optimizer's updates between GRPO steps).
+        self._merged = []
+        self._run_layers = [merged_twin(layer, self._merged) for layer in self._decoder_layers] if merge_lora \
+            else self._decoder_layers
         if compile:
             raise_recompile_limit(64)
-            self._decoder_layers = list(model.get_decoder().layers)
             self._decode_layer = torch.compile(_decode_layer, mode=compile_mode, fullgraph=True)
             # compile_prefill: the prefill through compiled layers too, for any prompt length (dynamic shapes).
             self._prefill_layer = torch.compile(_prefill_layer, dynamic=True, fullgraph=True) if compile_prefill \
@@ -273,14 +328,16 @@ class StaticGenerator:
         return masks_by_kind(full, sliding, self.kinds)
 
     def _forward(self, input_ids, masks, position_ids, compiled_layer=None):
-        """Last-position logits; with compiled_layer, each decoder layer runs through it with its LayerCache."""
-        if compiled_layer is None:
+        """Last-position logits; each decoder layer (or its merged twin) runs through compiled_layer, or uncompiled,
+        with its LayerCache; with neither a compiled layer nor twins, the model runs as it is."""
+        if compiled_layer is None and not self._merged:
             return self.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
                               past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        routed = [functools.partial(_routed_forward, compiled_layer, layer, cache)
-                  for layer, cache in zip(self._decoder_layers, self.cache.layers)]
+        routed = [functools.partial(_routed_forward, compiled_layer or _prefill_layer, layer, cache)
+                  for layer, cache in zip(self._run_layers, self.cache.layers)]
         with layer_forwards(self._decoder_layers, routed):  # for this call only
-            return self._forward(input_ids, masks, position_ids)
+            return self.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
+                              past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
     @staticmethod
     def _pick(logits, temperature, uniform):
@@ -343,6 +400,7 @@ class StaticGenerator:
         if n > self.batch_size or prompt_len + max_new_tokens > self.max_length:
             raise ValueError(f"batch {n} x {prompt_len}+{max_new_tokens} tokens exceeds the generator's "
                              f"{self.batch_size} x {self.max_length}")
+        refresh_merged(self._merged)
         ids = self._load_prompts(input_ids, attention_mask, pad_token_id)
         eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=self.device)
         noise = self._noise(temperature, generator)

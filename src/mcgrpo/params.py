@@ -164,6 +164,9 @@ class TrainParams(Section):
     # (transformers' continuous batching) | auto (fast where it applies: transformers backend and top_p 1; else hf)
     rollout_engine: Literal["auto", "fast", "hf", "hf_static", "hf_continuous"] = "auto"
     grouped_attention: bool = False  # grouped-query SDPA without per-head K/V copies (transformers backend)
+    # fast rollouts sample from a copy of the LoRA-adapted weights with the adapters merged in, refreshed every
+    # rollout: no LoRA matmuls in the decode step, for one more copy of those weights in memory
+    merged_rollouts: bool = True
     num_processes: int = Field(1, gt=0)  # > 1: data-parallel GRPO under `accelerate launch`, one process per GPU
     accelerate_config: str = "configs/accelerate/ddp.yaml"  # DDP; configs/accelerate/zero2.yaml: DeepSpeed ZeRO-2
     seed: int = 42

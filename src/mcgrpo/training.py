@@ -101,7 +101,7 @@ def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = (), opti
 # TrainParams fields that are the project's own, not GRPOConfig's, though a name may match one of TRL's
 # (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
 NOT_GRPO_FIELDS = {"variant", "option_order", "finetune", "lora", "rollout_engine", "grouped_attention",
-                   "num_processes", "accelerate_config", "use_vllm", "reward_weights"}
+                   "merged_rollouts", "num_processes", "accelerate_config", "use_vllm", "reward_weights"}
 
 
 def grpo_config(tp, output_dir, bf16: bool, engine: str = "hf"):
@@ -172,12 +172,13 @@ class FastRollouts:
     new token re-runs the whole sequence. Here the policy samples in eval mode through a static KV cache
     and one compiled decode step (a CUDA graph on GPU), built on the first call and replayed on every
     later one. The optimizer updates the LoRA weights in place, so the graph always reads the current
-    policy. Sampling is exact (Gumbel-max at TRL's temperature, no top-p/top-k) and draws from torch's
-    global RNG, which the trainer's checkpoints save and restore.
+    policy: with `merged` (train.merged_rollouts), through merged copies of the LoRA layers refreshed at the
+    start of every rollout (fast_generation.merged_twin). Sampling is exact (Gumbel-max at TRL's temperature,
+    no top-p/top-k) and draws from torch's global RNG, which the trainer's checkpoints save and restore.
     """
 
-    def __init__(self, max_prompt_tokens: int, grouped_attention: bool):
-        self.max_prompt_tokens, self.grouped_attention = max_prompt_tokens, grouped_attention
+    def __init__(self, max_prompt_tokens: int, grouped_attention: bool, merged: bool = True):
+        self.max_prompt_tokens, self.grouped_attention, self.merged = max_prompt_tokens, grouped_attention, merged
         self.generator = None
         self.seconds = []  # wall time of each call (it ends reading the tokens back, so the GPU work is in it)
 
@@ -198,7 +199,7 @@ class FastRollouts:
                       "rebuilding it (and recompiling)")
             self.generator = StaticGenerator(
                 model, batch_size=len(prompt_ids), max_length=max(need, self.max_prompt_tokens + settings["max_completion_length"]),
-                grouped_attention=self.grouped_attention)
+                grouped_attention=self.grouped_attention, merge_lora=self.merged)
         pad = settings["pad_token_id"]
         input_ids, attention_mask = left_pad(prompt_ids, pad)
         was_training = model.training
@@ -260,15 +261,18 @@ class StepPhases:
     def _add(self, name: str, seconds: float) -> None:
         self._current[name] = self._current.get(name, 0.0) + seconds
 
+    def per_step(self) -> list[dict]:
+        """Seconds per phase of each step of this process."""
+        return [{"rollouts": t.get("_generate", 0.0),
+                 "rewards_and_reference": t.get("_generate_and_score_completions", 0.0) - t.get("_generate", 0.0),
+                 "policy_forward_backward": t.get("training_step", 0.0) - t.get("_generate_and_score_completions", 0.0),
+                 "optimizer": t.get("optimizer", 0.0)} for t in self.steps]
+
     def mean(self, first: int = 0) -> dict | None:
         """Mean seconds per phase over steps[first:] of this process (None before any step)."""
-        timed = self.steps[first:]
-        if not timed:
+        parts = self.per_step()[first:]
+        if not parts:
             return None
-        parts = [{"rollouts": t.get("_generate", 0.0),
-                  "rewards_and_reference": t.get("_generate_and_score_completions", 0.0) - t.get("_generate", 0.0),
-                  "policy_forward_backward": t.get("training_step", 0.0) - t.get("_generate_and_score_completions", 0.0),
-                  "optimizer": t.get("optimizer", 0.0)} for t in timed]
         return {name: round(sum(p[name] for p in parts) / len(parts), 3) for name in self.PHASES}
 
     def last10(self) -> dict | None:
@@ -526,7 +530,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     rollouts = None
     if engine == "fast":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental"; TRL is pinned
-        rollouts = FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.grouped_attention)
+        rollouts = FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.grouped_attention,
+                                tp.merged_rollouts)
     stop_at_variant_end(model, tokenizer, tp.variant)
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16, engine),
