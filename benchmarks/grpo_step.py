@@ -48,8 +48,12 @@ parser.add_argument("--paths", default="pipeline,trl_defaults")
 parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a params override, as with `dvc exp run -S` (repeatable): both paths take the model, "
                          "prompt variant and reward weights from the params; only the pipeline takes the rest of train")
+parser.add_argument("--no-cudnn-sdpa", action="store_true",
+                    help="turn off PyTorch's cuDNN attention backend (it builds a graph for every new input shape)")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
+if args.no_cudnn_sdpa:
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 completions = args.prompts * args.generations
 if completions % args.micro_batch:
@@ -139,7 +143,8 @@ runs = {"pipeline": run_pipeline, "pipeline_lora_rollouts": lambda: run_pipeline
 result = {"machine": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
           "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "variant": p.train.variant,
           "tokenizer": "official Gemma 3" if args.tokenizer else "trained on the questions",
-          "completions_per_step": completions, **shape, "reward_weights": p.train.reward_weights, "overrides": args.set,
+          "completions_per_step": completions, "cudnn_sdpa": not args.no_cudnn_sdpa, **shape,
+          "reward_weights": p.train.reward_weights, "overrides": args.set,
           "paths": {}}
 for name in args.paths.split(","):
     if name not in runs:

@@ -60,7 +60,8 @@ def test_decode_and_training_scripts(tmp_path, questions):
         "grpo_step": command("grpo_step.py", "--race", questions, "--preset", "tiny", "--steps", 2, "--warmup", 1,
                              "--prompts", 2, "--generations", 2, "--new", 4, "--micro-batch", 2,
                              "--set", "train.variant=completion_direct", "--set", "train.reward_weights.format=0",
-                             "--paths", "pipeline,pipeline_lora_rollouts,trl_defaults", "--out", out / "grpo_step.json"),
+                             "--paths", "pipeline,pipeline_lora_rollouts,trl_defaults", "--no-cudnn-sdpa",
+                             "--out", out / "grpo_step.json"),
         "learnability": command("learnability.py", "--preset", "tiny", "--steps", 2, "--prompts", 2, "--completion-tokens", 4,
                                 "--warm-start-steps", 2, "--out", out / "learnability", "--work", tmp_path / "work"),
     })
@@ -77,7 +78,7 @@ def test_decode_and_training_scripts(tmp_path, questions):
     assert len(rows) == 5 and {"context", "question", "options", "answer"} <= set(rows[0])
     step = json.loads((out / "grpo_step.json").read_text())
     assert set(step["paths"]) == {"pipeline", "pipeline_lora_rollouts", "trl_defaults"}
-    assert step["variant"] == "completion_direct"
+    assert step["variant"] == "completion_direct" and step["cudnn_sdpa"] is False
     assert step["paths"]["pipeline"]["merged_rollouts"] and not step["paths"]["pipeline_lora_rollouts"]["merged_rollouts"]
     assert step["reward_weights"]["format"] == 0  # a nested --set reached the params
     for path in step["paths"].values():
