@@ -116,8 +116,8 @@ def run_pipeline(merged_rollouts: bool = True) -> dict:
                          adapter_out=run / "adapter", live_dir=run / "live", fingerprint={"benchmark": 1},
                          bf16=bf16, engine=engine, callbacks=(clock.callback,), phases=phases)
     return {"rollout_engine": engine, "merged_rollouts": train.merged_rollouts, "finetune": p.train.finetune,
-            "gradient_checkpointing":
-            p.train.gradient_checkpointing, "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),
+            "gradient_checkpointing": p.train.gradient_checkpointing,
+            "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),
             **figures(clock.seconds, phases)}
 
 

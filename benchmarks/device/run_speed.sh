@@ -10,8 +10,8 @@
 # baseline stage (real_scale.py: log-likelihood plus two variants, 256 new tokens). Results land in /tmp/speed/out.
 # SPEED_PARTS picks and orders the parts (default decode,grpo,baseline); "profile" is decode_variants.py (the
 # compiled decode step's kernels by time, and the step compiled with max-autotune); "gputests" runs the GPU tests
-# of the fast engine and the rollouts. SPEED_ENGINES and SPEED_PATHS
-# pick generation.py's engines and grpo_step.py's paths.
+# of the fast engine and the rollouts (SPEED_TESTS: their -k). SPEED_ENGINES and SPEED_PATHS pick generation.py's
+# engines and grpo_step.py's paths.
 set -uo pipefail
 SPEED_PARTS=${SPEED_PARTS:-decode,grpo,baseline}
 mkdir -p /tmp/speed/out /tmp/site

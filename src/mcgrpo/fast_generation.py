@@ -158,8 +158,7 @@ def _is_lora_linear(module) -> bool:
     """A peft LoRA Linear whose delta merges into its base weight (plain LoRA: not DoRA, not merged already)."""
     if not (hasattr(module, "get_delta_weight") and hasattr(module, "get_base_layer")):
         return False
-    base = module.get_base_layer()
-    return (isinstance(base, torch.nn.Linear) and type(base) is torch.nn.Linear and not getattr(module, "merged", False)
+    return (type(module.get_base_layer()) is torch.nn.Linear and not getattr(module, "merged", False)
             and not any(getattr(module, "use_dora", {}).values()))
 
 
@@ -330,14 +329,16 @@ class StaticGenerator:
     def _forward(self, input_ids, masks, position_ids, compiled_layer=None):
         """Last-position logits; each decoder layer (or its merged twin) runs through compiled_layer, or uncompiled,
         with its LayerCache; with neither a compiled layer nor twins, the model runs as it is."""
-        if compiled_layer is None and not self._merged:
+        def run():
             return self.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
                               past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+
+        if compiled_layer is None and not self._merged:
+            return run()
         routed = [functools.partial(_routed_forward, compiled_layer or _prefill_layer, layer, cache)
                   for layer, cache in zip(self._run_layers, self.cache.layers)]
         with layer_forwards(self._decoder_layers, routed):  # for this call only
-            return self.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
-                              past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            return run()
 
     @staticmethod
     def _pick(logits, temperature, uniform):
