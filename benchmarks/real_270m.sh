@@ -19,7 +19,7 @@
 # 4. the reading check (benchmarks/reading_ablation.py) of the base and the fine-tuned model on the test questions:
 #    option log-likelihood with and without the article (REAL_RUN_READING=0 skips it);
 # 5. OUT/: logs, dvc exp show tables, the peers' metrics, and a tarball of metrics/, plots/, reports/, predictions.
-# REAL_RUN_VARIANT (completion_open): the prompt form GRPO trains on (train.variant).
+# REAL_RUN_VARIANT (completion_pick): the prompt form GRPO trains on (train.variant).
 # REAL_RUN_DEV_VARIANTS / REAL_RUN_TEST_VARIANTS (both the trained variant): the dev and test runs' generate variants
 # (comma-separated), besides log-likelihood on test.
 # REAL_RUN_SETTING (a setting like one of REAL_RUN_DEV's): no dev queue; the test run trains with it.
@@ -50,11 +50,16 @@ stamp() { echo "== $* ($(date -u +%T), $(( $(date +%s) - start )) s)"; }
 # onto. Its first run (results/2026-12-02_h200_real270m_open) read answers by word-overlap F1 and GRPO learnt lines
 # that name several candidates; it now reads the one option a line names (rewards.named_option), under which the
 # base's answers that name one are right 0.41 of the time on RACE test.
-# Rollouts are one line (cut at 32 tokens), so TRL's own generate is used (no compile to amortise), and a 270M model
-# needs no gradient checkpointing. Evaluation reads the same 32 tokens the rewards read in training: with 128, the
+# completion_pick (the default since the twelfth session) has completion_open's prompt, and its answer is decoded
+# under a constraint that lets it be one option, whole (mcgrpo.constrained): the model chooses by its own
+# probabilities over the option texts, where its log-likelihood reads the passage, and every answer is in format.
+# Its rollouts need the project's fast engine (the one that applies the constraint); the other forms' one-line
+# rollouts (cut at 32 tokens) use TRL's own generate (no compile to amortise). A 270M model needs no gradient
+# checkpointing. Every RACE test option is at most 27 tokens with its line end, so 32 tokens cut none. Evaluation reads the same 32 tokens the rewards read in training: with 128, the
 # tuned completion_open model's lines ran on past what training ever judged (68 % unfinished at 128 tokens, against
 # 15 % for the base; results/2026-12-02_h200_real270m_open).
-variant=${REAL_RUN_VARIANT:-completion_open}
+variant=${REAL_RUN_VARIANT:-completion_pick}
+rollouts=hf; [ "$variant" = completion_pick ] && rollouts=fast
 common=(-S "model.name=$model" -S model.backend=transformers -S "model.dtype=${REAL_RUN_DTYPE:-float32}"
         -S "model.tf32=${REAL_RUN_TF32:-true}"
         -S prepare.source=race -S prepare.path=data/raw/RACE.tar.gz -S prepare.config=all
@@ -62,7 +67,7 @@ common=(-S "model.name=$model" -S model.backend=transformers -S "model.dtype=${R
         -S eval.batch_size=128 -S eval.max_new_tokens=32
         -S train.variant=$variant -S train.max_completion_length=32 -S train.max_steps=150
         -S train.num_generations=8 -S train.per_device_train_batch_size=16 -S train.gradient_accumulation_steps=4
-        -S train.beta=0.0 -S train.save_steps=50 -S train.rollout_engine=hf -S train.gradient_checkpointing=false
+        -S train.beta=0.0 -S train.save_steps=50 -S train.rollout_engine=$rollouts -S train.gradient_checkpointing=false
         -S reward_model.variant=completion_cot -S reward_model.max_new_tokens=128 -S reward_model.batch_size=128
         -S reward_model.n_questions=40)
 extra=(${REAL_RUN_EXTRA:-})  # more -S flags, applied last (a CPU smoke run shrinks the sizes with these)

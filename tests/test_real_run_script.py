@@ -49,7 +49,7 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
            "REAL_RUN_DEV": ("train.learning_rate=0.0001 train.option_order=per_completion train.reward_weights.base_choice=1;"
                             "train.learning_rate=0.001 train.beta=0.04 train.reward_weights.base_choice=1"),
            "REAL_RUN_PEERS": "defaults base_choice",  # the LoRA peer is the same script with two more flags
-           "REAL_RUN_TEST_VARIANTS": "completion_option,completion_open",  # the default trains completion_open
+           "REAL_RUN_TEST_VARIANTS": "completion_pick,completion_open",  # the default trains completion_pick
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks/real_270m.sh"), str(repo / TINY_MODEL), str(race), str(out)],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
@@ -60,15 +60,17 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     assert "Stage 'train' didn't change" in test_log and "Running stage 'train'" not in test_log
     assert "Running stage 'evaluate'" in test_log
     comparison = read_metrics(repo / "metrics/comparison.json")
-    assert {"completion_open", "completion_option", "loglik"} == set(comparison)  # REAL_RUN_TEST_VARIANTS, loglik
-    assert comparison["completion_open"]["n_paired"] == 8  # the trained variant
+    assert {"completion_pick", "completion_open", "loglik"} == set(comparison)  # REAL_RUN_TEST_VARIANTS, loglik
+    assert comparison["completion_pick"]["n_paired"] == 8  # the trained variant
+    finetuned = read_metrics(repo / "metrics/finetuned.json")
+    assert finetuned["completion_pick"]["format_rate"] == 1.0  # constrained: every answer is one option, whole
     stats = json.loads((repo / "data/prepared/stats.json").read_text())
     assert stats["eval"]["n"] == 8 and stats["train"]["n"] == 8
     metrics = json.loads((out / "peer_defaults" / "metrics.json").read_text())
-    assert metrics["settings"]["max_steps"] == 2 and "completion_open" in metrics["comparison"]
+    assert metrics["settings"]["max_steps"] == 2 and "completion_pick" in metrics["comparison"]
     assert "base_choice" not in metrics["settings"]["reward_names"]  # the plain peer: rules that score alone
     with_choice = json.loads((out / "peer_base_choice" / "metrics.json").read_text())
-    assert "base_choice" in with_choice["settings"]["reward_names"] and "completion_open" in with_choice["comparison"]
+    assert "base_choice" in with_choice["settings"]["reward_names"] and "completion_pick" in with_choice["comparison"]
     assert not (out / "peer_lora").exists()  # REAL_RUN_PEERS chose which peers run
     for which in ("base", "tuned"):  # the reading check, both models, on the test run's questions
         reading = json.loads((out / f"reading_{which}.json").read_text())

@@ -364,3 +364,33 @@ def test_base_choice_column_is_the_base_models_loglik_choice_and_trains(tiny_mod
     with open(tmp_path / "live" / "plots" / "metrics" / "rewards" / "base_choice_reward" / "mean.tsv") as f:
         logged = [float(r["mean"]) for r in csv.DictReader(f, delimiter="\t")]
     assert len(logged) == 2 and all(0 <= x <= 1 for x in logged)
+
+
+def test_completion_pick_rollouts_are_options_whole_and_train(tiny_model_params, tmp_path, monkeypatch):
+    """completion_pick trains through the fast rollouts under the options' constraint: every sampled completion is
+    one of its question's options with its line end, so every one is in format; with each completion's options
+    shuffled (the prompt shows none, so it stays the same) a short run trains. Any other backend is refused."""
+    from mcgrpo.rewards import PICK_VARIANT, follows_format
+
+    records = make_synthetic_mc(8, seed=5)
+    tp = tiny_train_params(variant=PICK_VARIANT, option_order="per_completion", max_completion_length=12)
+    seen = []
+    original_call = FastRollouts.__call__
+
+    def recording_call(self, prompts, trainer):
+        out = original_call(self, prompts, trainer)
+        tok = trainer.processing_class
+        seen.extend((p, tok.decode(ids, skip_special_tokens=True)) for p, ids in zip(prompts, out["completion_ids"]))
+        return out
+
+    monkeypatch.setattr(FastRollouts, "__call__", recording_call)
+    summary = run(tiny_model_params, tmp_path, tp, records, engine="fast")
+    assert summary["steps"] == 4 and len(seen) == 4 * tp.per_device_train_batch_size
+    options_of = {grpo_dataset([r], PICK_VARIANT)[0]["prompt"]: r["options"] for r in records}
+    for prompt, text in seen:
+        assert text.endswith("\n") and text.strip() in options_of[prompt], text
+        assert follows_format(text, PICK_VARIANT, options_of[prompt])
+    from mcgrpo.training import rollout_engine
+
+    with pytest.raises(UserError, match="transformers backend"):
+        rollout_engine(tp, "unsloth")

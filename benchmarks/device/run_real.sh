@@ -29,7 +29,8 @@ git rev-parse HEAD 2>/dev/null || echo "no git here"
 echo "== model ready $(date -u +%T)"
 # First the GPU checks of what the CPU cannot test (generate vs forward past the sliding window; the fast engine)
 if [ -z "${SKIP_GPU_CHECK:-}" ]; then
-  timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py -k "${GPU_CHECKS:-sliding_window or matches_hf or tf32}" \
+  timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_constrained.py \
+    -k "${GPU_CHECKS:-sliding_window or matches_hf or tf32 or engines_write}" \
     > /tmp/real/out/gpu_tests.log 2>&1 || true
   tail -5 /tmp/real/out/gpu_tests.log
   echo "== gpu checks done $(date -u +%T)"

@@ -7,8 +7,8 @@ import torch
 from mcgrpo.data.stats import question_kind
 from mcgrpo.generation import encode_prompts, generate, static_generator_for
 from mcgrpo.loglik import loglik_rows
-from mcgrpo.prompts import render_prompt, stop_token_ids
-from mcgrpo.rewards import judge, reasoning_text
+from mcgrpo.prompts import answer_choices, render_prompt, stop_token_ids
+from mcgrpo.rewards import PICK_VARIANT, judge, reasoning_text
 
 
 def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str, shots: list[dict] = ()) -> list[dict]:
@@ -33,7 +33,8 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str,
         outputs = generate(model, tokenizer, prompts, batch_size=ep.batch_size, max_new_tokens=ep.max_new_tokens,
                            temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed, engine=ep.engine,
                            desc=f"{model_label} / {variant}", static=static,
-                           stop_ids=stop_token_ids(tokenizer, variant))
+                           stop_ids=stop_token_ids(tokenizer, variant),
+                           answers=[answer_choices(tokenizer, r) for r in records] if variant == PICK_VARIANT else None)
         seconds = time.perf_counter() - start
         new_tokens = sum(o["n_tokens"] for o in outputs)
         memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""

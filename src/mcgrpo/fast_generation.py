@@ -8,7 +8,8 @@ host only queues work, and checks for "all finished" every `check_every` tokens.
 
 Greedy output is token-for-token the same as `model.generate(do_sample=False)` on the same batch
 (tested in float32 on CPU, eager and compiled, and compiled with CUDA graphs on the GPU). top-p/top-k are
-not supported: callers fall back to `generate`.
+not supported: callers fall back to `generate`. Answers constrained to the options (completion_pick,
+mcgrpo.constrained) run inside the same step.
 """
 
 import copy
@@ -16,6 +17,7 @@ import functools
 
 import torch
 
+from mcgrpo.constrained import NO_TOKEN, constrained_pick
 from mcgrpo.patches import layer_forwards, raise_recompile_limit
 
 GQA_ATTENTION = "mcgrpo_grouped_attention"
@@ -291,16 +293,19 @@ class StaticGenerator:
         self._cache_position = torch.zeros(1, **long)
         self._temperature = torch.ones((), device=self.device)
         self._uniform = None  # (batch, vocab) noise for sampling, allocated on the first sampling call
+        # A constrained call's state (constrained.constrained_pick): each row's option tokens, which options the row
+        # still matches, and the answer's step; None while unconstrained. Fixed addresses, like the inputs above.
+        self._answers = None
         self.cache = DecodeCache(config, batch_size, max_length, model.get_input_embeddings().weight.dtype,
                                  self.device, self._cache_position)
         self._ring = torch.arange(min(self.window or max_length, max_length), **long)  # a sliding layer's slots
-        self._graphs = {}  # sampling (bool) -> (CUDAGraph, its output tensor)
+        self._graphs = {}  # (sampling, constrained answers' shape or None) -> (CUDAGraph, its output tensor)
         self._marks = []  # (start, prefilled, end) CUDA events of each call, read by seconds()
 
     def decode_graph(self):
         """The recorded CUDA graph of the greedy decode step (None until one is recorded, or on a CPU), for
         benchmarks that time its replays alone."""
-        return self._graphs.get(False, (None,))[0]
+        return self._graphs.get((False, None), (None,))[0]
 
     def set_cache_position(self, position: int) -> None:
         """Where the next decode step writes (benchmarks replay one step at a fixed slot)."""
@@ -356,7 +361,14 @@ class StaticGenerator:
 
     def _step(self, tokens, positions, temperature, uniform):
         logits = self._forward(tokens[:, None], self.decode_masks(), positions[:, None], self._decode_layer)
-        return self._pick(logits, temperature, uniform)
+        return self._pick_answer(logits, temperature, uniform)
+
+    def _pick_answer(self, logits, temperature, uniform):
+        """_pick, under the call's answer constraint where there is one."""
+        picked = self._pick(logits, temperature, uniform)
+        if self._answers is None:
+            return picked
+        return constrained_pick(logits, picked, *self._answers, temperature=temperature, uniform=uniform)
 
     def _step_inputs(self, sampling: bool):
         return (self._tokens, self._positions, self._temperature if sampling else None,
@@ -382,20 +394,27 @@ class StaticGenerator:
     def _decode(self, sampling: bool) -> torch.Tensor:
         if not self.cuda_graphs:
             return self._step(*self._step_inputs(sampling))
-        if sampling not in self._graphs:
-            self._graphs[sampling] = self._capture(sampling)
-        graph, output = self._graphs[sampling]
+        key = (sampling, None if self._answers is None else tuple(self._answers[0].shape))
+        if key not in self._graphs:
+            state = None if self._answers is None else [t.clone() for t in self._answers]
+            self._graphs[key] = self._capture(sampling)
+            if state is not None:  # the warm-up steps advanced the constraint: put it back
+                for buffer, saved in zip(self._answers, state):
+                    buffer.copy_(saved)
+        graph, output = self._graphs[key]
         graph.replay()
         return output  # overwritten by the next replay: read it before then
 
     @torch.inference_mode()
     def generate(self, input_ids, attention_mask, *, max_new_tokens: int, eos_token_ids, pad_token_id: int,
-                 temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                 temperature: float = 0.0, generator: torch.Generator | None = None,
+                 answers: torch.Tensor | None = None) -> torch.Tensor:
         """New tokens (batch, n <= max_new_tokens); rows that finished early are padded with pad_token_id.
 
         input_ids/attention_mask: left-padded (batch, prompt_len) with batch <= batch_size and
         prompt_len + max_new_tokens <= max_length. Sampling noise comes from `generator`, else from torch's
-        global RNG.
+        global RNG. answers: (batch, options, steps) option tokens (constrained.answer_tensor) that each row's
+        answer must be one of; each should end with an eos token, or the row runs on unconstrained after it.
         """
         n, prompt_len = input_ids.shape
         if n > self.batch_size or prompt_len + max_new_tokens > self.max_length:
@@ -403,6 +422,7 @@ class StaticGenerator:
                              f"{self.batch_size} x {self.max_length}")
         refresh_merged(self._merged)
         ids = self._load_prompts(input_ids, attention_mask, pad_token_id)
+        self._load_answers(answers, n)
         eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=self.device)
         noise = self._noise(temperature, generator)
         marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if self.device.type == "cuda" else None
@@ -428,6 +448,22 @@ class StaticGenerator:
         self._mask[n:, prompt_len - 1] = 1  # a dummy row attends to one slot, so no row is all masked
         return ids
 
+    def _load_answers(self, answers, n: int) -> None:
+        """The call's answer constraint into its fixed buffers (rows past n, padding, allow anything), or none."""
+        if answers is None:
+            self._answers = None
+            return
+        shape = (self.batch_size, *answers.shape[1:])
+        if self._answers is None or tuple(self._answers[0].shape) != shape:
+            self._answers = (torch.empty(shape, dtype=torch.long, device=self.device),
+                             torch.empty(shape[:2], dtype=torch.bool, device=self.device),
+                             torch.zeros((), dtype=torch.long, device=self.device))
+        ids, alive, step = self._answers
+        ids.fill_(NO_TOKEN)
+        ids[:n] = answers.to(self.device)
+        alive.fill_(True)
+        step.zero_()
+
     def _noise(self, temperature: float, generator):
         """A function that refills the sampling noise in place and returns it; None when greedy."""
         if temperature <= 0:
@@ -449,7 +485,8 @@ class StaticGenerator:
         logits = self._forward(ids, prefill_masks(mask, self.kinds, self.window), positions, self._prefill_layer)
         finished = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
         finished[n:] = True
-        tokens = torch.where(finished, pad_token_id, self._pick(logits, self._temperature, noise() if noise else None))
+        tokens = torch.where(finished, pad_token_id,
+                             self._pick_answer(logits, self._temperature, noise() if noise else None))
         self._tokens.copy_(tokens)
         self._positions.copy_(positions[:, -1] + 1)
         self._cache_position.fill_(prompt_len)

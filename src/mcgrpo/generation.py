@@ -7,11 +7,14 @@ Two engines: "hf" is `model.generate`; "fast" is the project's StaticGenerator (
 a compiled decode step replayed as a CUDA graph per token, the prefill compiled only if asked; no top-p),
 built once and reused for every batch. Callers with several prompt lists (one per prompt variant) build it once with
 `static_generator_for` and pass it to every call, so its compile time is paid once per stage run.
-"auto" picks fast on CUDA when top_p is 1.
+"auto" picks fast on CUDA when top_p is 1. Either engine can constrain each answer to one of its question's
+options (`answers`, mcgrpo.constrained: the completion_pick variant).
 """
 
 import torch
 from tqdm.auto import tqdm
+
+from mcgrpo.constrained import AllowedAnswers, answer_tensor
 
 from mcgrpo.patches import eager_attention_for_generation
 
@@ -56,13 +59,14 @@ def static_generator_for(model, tokenizer, prompts, *, batch_size: int, max_new_
 
 
 def generate(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, temperature=0.0,
-             top_p=1.0, seed=0, desc="generating", engine="auto", static=None, stop_ids=()) -> list[dict]:
+             top_p=1.0, seed=0, desc="generating", engine="auto", static=None, stop_ids=(), answers=None) -> list[dict]:
     """[{"text", "n_tokens", "finished"}] per prompt (texts, or their token ids from encode_prompts); text has
     special tokens removed.
 
     static: a StaticGenerator from static_generator_for to reuse (engine fast); else one is built here.
     stop_ids: tokens that end a completion besides the model's end-of-sequence ones (prompts.stop_token_ids);
     the text keeps a stop token of these, since it can hold more than a newline.
+    answers: per prompt, the token lists its answer must be one of (constrained.answer_tokens), or None.
     """
     torch.manual_seed(seed)
     eos_ids = set(model.generation_config.eos_token_id or [])
@@ -87,14 +91,16 @@ def generate(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, te
             batch = order[start:start + batch_size]
             input_ids, attention_mask = left_pad([prompts[i] for i in batch], tokenizer.pad_token_id, device)
             enc = {"input_ids": input_ids, "attention_mask": attention_mask}
+            allowed = None if answers is None else answer_tensor([answers[i] for i in batch], max_new_tokens, device)
             if static is not None:
                 new_tokens = static.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
                                              eos_token_ids=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                                             temperature=temperature, generator=rng).tolist()
+                                             temperature=temperature, generator=rng, answers=allowed).tolist()
             else:
+                processors = {} if allowed is None else {"logits_processor": [AllowedAnswers(allowed, input_ids.shape[1])]}
                 with eager_attention_for_generation(model):  # SDPA's KV-cached decode is wrong on some CUDA batches
                     out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                         eos_token_id=sorted(stop_ids), top_k=None, **sampling)
+                                         eos_token_id=sorted(stop_ids), top_k=None, **processors, **sampling)
                 new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
             for i, ids in zip(batch, new_tokens):
                 end = next((k for k, t in enumerate(ids) if t in stop_ids), None)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mcgrpo.errors import UserError
 from mcgrpo.prompts import VARIANTS
-from mcgrpo.rewards import REWARDS, TRAINING_ONLY
+from mcgrpo.rewards import PICK_VARIANT, REWARDS, TRAINING_ONLY
 
 PARAMS_FILE = "params.yaml"
 LEARNED_REWARD = "learned"  # the reward_model stage's classifier, the one reward that is not a pure function
@@ -207,6 +207,14 @@ class TrainParams(Section):
         if self.rollout_engine == "fast" and self.top_p < 1:
             raise ValueError("train.rollout_engine=fast samples from the full distribution: set train.top_p to 1.0, "
                              "or use rollout_engine hf")
+        return self
+
+    @model_validator(mode="after")
+    def constrained_answers_need_fast_rollouts(self):
+        if self.variant == PICK_VARIANT and (self.rollout_engine not in ("auto", "fast") or self.use_vllm):
+            raise ValueError(f"train.variant={PICK_VARIANT} decodes each answer under a constraint (one option, whole) "
+                             "that only the project's rollouts apply: set train.rollout_engine to auto or fast, and "
+                             "train.use_vllm to false")
         return self
 
     @model_validator(mode="after")

@@ -3,8 +3,8 @@
 Two families:
 - chat variants (`direct`, `cot`) for instruction-tuned models: one user turn rendered by the tokenizer's
   own chat template (Gemma has no system role, so the instructions open the user turn);
-- completion variants (`completion_direct`, `completion_option`, `completion_open`, `completion_cot`) for pretrained
-  models, which
+- completion variants (`completion_direct`, `completion_option`, `completion_open`, `completion_pick`,
+  `completion_cot`) for pretrained models, which
   have no chat template and under one only repeat the instructions: plain text that ends where the answer starts
   ("Article: ... Question: ... A. ... Answer:"), optionally after k solved examples from the train split
   (prepare.n_shots). completion_option lists the options unlettered ("- ...") and is answered with an option's own
@@ -13,7 +13,9 @@ Two families:
   (rewards.OPEN_VARIANT). With no list to copy from there is no position to prefer. A fill-in question is not asked
   but begun: the article is followed by the question's words before its blank, and the answer continues the
   sentence (asked with its blank, the 270M copies the blank). Other questions keep "Question: ... Answer:", the
-  prompt the option log-likelihood scores after.
+  prompt the option log-likelihood scores after. completion_pick has completion_open's prompt, and its answer is
+  decoded so that it can only be one option, whole (mcgrpo.constrained): the model picks by its own probabilities
+  over the options' texts, blind to any list.
   The reasoning form asks for reasoning, then a fixed final line "Answer: X".
 
 A completion model does not stop by itself: it writes the answer and goes on with a new question.
@@ -22,7 +24,9 @@ generation stop there; training rewards and evaluation both judge the cut text, 
 """
 
 from mcgrpo.errors import UserError
-from mcgrpo.rewards import COMPLETION_PREFIX, LETTERS, ONE_LINE_VARIANTS, OPEN_VARIANT, OPTION_VARIANT
+from mcgrpo.rewards import COMPLETION_PREFIX, LETTERS, ONE_LINE_VARIANTS, OPEN_VARIANT, OPTION_VARIANT, PICK_VARIANT
+
+NO_LIST_VARIANTS = (OPEN_VARIANT, PICK_VARIANT)  # the options are not shown
 
 INSTRUCTIONS = {
     "direct": (
@@ -37,6 +41,7 @@ INSTRUCTIONS = {
     "completion_direct": "",  # the layout alone says what comes next: "Answer:" and a letter
     "completion_option": "",  # "Answer:" and one option's text
     "completion_open": "",  # "Answer:" and the model's own words, no options shown
+    "completion_pick": "",  # completion_open's prompt; the answer is decoded as one option, whole
     "completion_cot": (
         "Answer the question about the article. Explain your reasoning in one paragraph, then write "
         "the final line \"Answer: \" followed by the letter of the correct option."
@@ -51,6 +56,8 @@ LAYOUTS = {
     "completion_open": "no instructions and no options: the layout ends in `Answer:`, or for a fill-in question in "
                        "its words before the blank; the model's own words follow, read as the one option they "
                        "name (a word only that option has)",
+    "completion_pick": "completion_open's prompt (no options shown); the answer is decoded under a constraint that "
+                       "lets it write one option, whole, and is read as that option",
 }
 VARIANTS = tuple(INSTRUCTIONS)
 CHAT_VARIANTS = ("direct", "cot")
@@ -59,7 +66,7 @@ COMPLETION_VARIANTS = tuple(v for v in VARIANTS if v.startswith(COMPLETION_PREFI
 # completion_option's cue opens a bullet: after a bare "Answer:" the model starts a new line, which would end the
 # answer before it begins (a one-line answer stops at its first newline).
 _CUE = {"completion_direct": "Answer:", "completion_option": "Answer:\n-", "completion_open": "Answer:",
-        "completion_cot": "Reasoning:"}
+        "completion_pick": "Answer:", "completion_cot": "Reasoning:"}
 
 
 def blank_stem(question: str) -> str:
@@ -70,7 +77,7 @@ def blank_stem(question: str) -> str:
 
 def cue(record: dict, variant: str) -> str:
     """Where the model's text starts: the variant's cue, or for a completion_open fill-in question its stem."""
-    return (variant == OPEN_VARIANT and blank_stem(record["question"])) or _CUE[variant]
+    return (variant in NO_LIST_VARIANTS and blank_stem(record["question"])) or _CUE[variant]
 
 
 def is_chat(variant: str) -> bool:
@@ -111,7 +118,7 @@ def completion_question(record: dict, variant: str = "completion_direct") -> str
     completion_option listed unlettered under "Options:", for completion_open not shown (nor a fill-in question,
     whose stem is the cue)."""
     passage = f"Article: {record['context']}\n\n" if record.get("context") else ""
-    if variant == OPEN_VARIANT:
+    if variant in NO_LIST_VARIANTS:
         return passage if blank_stem(record["question"]) else f"{passage}Question: {record['question']}\n"
     if variant == OPTION_VARIANT:
         options = "Options:\n" + "".join(f"- {text}\n" for text in record["options"])
@@ -123,7 +130,7 @@ def completion_question(record: dict, variant: str = "completion_direct") -> str
 def shot_answer(shot: dict, variant: str) -> str:
     """A solved example's answer: "Answer: B", or for completion_option (as a bullet) and completion_open the correct
     option's text."""
-    if variant in (OPTION_VARIANT, OPEN_VARIANT):
+    if variant in (OPTION_VARIANT, *NO_LIST_VARIANTS):
         return f"{cue(shot, variant)} {shot['options'][LETTERS.index(shot['answer'])]}"
     return f"Answer: {shot['answer']}"
 
@@ -175,3 +182,11 @@ def stop_token_ids(tokenizer, variant: str) -> list[int]:
     return sorted(i for i, piece in enumerate(pieces)
                   if piece and (mark in piece or mark.replace("\n", "Ċ") in piece) and i not in
                   tokenizer.all_special_ids)
+
+
+def answer_choices(tokenizer, record: dict) -> list[list[int]]:
+    """The token lists a completion_pick answer must be one of (constrained.answer_tokens: the options, each ending
+    with a newline)."""
+    from mcgrpo.constrained import answer_tokens, line_end_id
+
+    return answer_tokens(tokenizer, record["options"], line_end_id(tokenizer))

@@ -6,7 +6,7 @@ from pathlib import Path
 from mcgrpo.metrics import format_comparison, format_metrics, markdown_table, training_rows
 from mcgrpo.params import LEARNED_REWARD
 from mcgrpo.prompts import INSTRUCTIONS, LAYOUTS, completion_text, format_question, is_chat
-from mcgrpo.rewards import OPEN_VARIANT, OPTION_VARIANT, REWARDS
+from mcgrpo.rewards import OPEN_VARIANT, OPTION_VARIANT, PICK_VARIANT, REWARDS
 
 EXAMPLE_KINDS = {
     "improved": ("fixed by fine-tuning (base wrong, fine-tuned right)", lambda b, t: not b and t),
@@ -225,6 +225,9 @@ def _reward_section(p, reward_model_metrics) -> list[str]:
              "The model writes its answer without seeing the options; the answer is the one option its first line "
              "names (holds a word that no other option has, function words aside); a line naming none, or several, "
              "counts as no answer." if p.train.variant == OPEN_VARIANT else
+             "The model answers without seeing the options, under a constraint that lets it write one option, whole "
+             "(its own probabilities over the option texts choose which); the answer is the option it wrote." if
+             p.train.variant == PICK_VARIANT else
              "The answer letter is extracted from the **last** declaration (`<answer>C</answer>`, `Answer: C`, "
              "`\\boxed{C}`, ...); two letters, or a letter outside the options, count as no answer."),
             *(["### Learned reward model", *reward_model_section(reward_model_metrics, p.reward_model,

@@ -43,11 +43,14 @@ COMPLETION_PREFIX = "completion_"  # prompt variants for pretrained models (prom
 # completion_option answers with the option's own words, not its letter: a small pretrained model cannot tie a
 # letter to an option (its letters are at chance on RACE) but does copy an option, and which one it copies can be
 # learnt. completion_open shows no options: the model's own words are read as the one option they name, so
-# there is no list position to fall back on. The three one-line variants end with their first line.
+# there is no list position to fall back on. completion_pick has completion_open's prompt, and its answer is
+# decoded under a constraint (mcgrpo.constrained) that lets it write one option, whole: it is read as the option it
+# restates. The four one-line variants end with their first line.
 OPTION_VARIANT = "completion_option"
 OPEN_VARIANT = "completion_open"
-OPTION_TEXT_VARIANTS = (OPTION_VARIANT, OPEN_VARIANT)  # judged against the option texts, not a letter
-ONE_LINE_VARIANTS = ("completion_direct", OPTION_VARIANT, OPEN_VARIANT)
+PICK_VARIANT = "completion_pick"
+OPTION_TEXT_VARIANTS = (OPTION_VARIANT, OPEN_VARIANT, PICK_VARIANT)  # judged against the option texts, not a letter
+ONE_LINE_VARIANTS = ("completion_direct", OPTION_VARIANT, OPEN_VARIANT, PICK_VARIANT)
 
 
 def completion_text(completion) -> str:
@@ -154,10 +157,24 @@ def named_option(text: str, options: list[str]) -> str | None:
     return LETTERS[named[0]] if len(named) == 1 else None
 
 
+def _same_text(line: str, option: str) -> bool:
+    """Whether a line is the option, whole (case, spacing and a leading "- " aside)."""
+    return " ".join(re.sub(r"^[-*\s]+", "", line).split()).lower() == " ".join(option.split()).lower()
+
+
 def _restates_option(text: str, options: list[str]) -> bool:
-    """completion_option's strict form: the line is one option, whole (case, spacing and a leading "- " aside)."""
-    line = " ".join(re.sub(r"^[-*\s]+", "", text).split()).lower()
-    return any(line == " ".join(o.split()).lower() for o in options)
+    """completion_option's and completion_pick's strict form: the line is one option, whole."""
+    return any(_same_text(text, o) for o in options)
+
+
+def picked_option(text: str, options: list[str]) -> str | None:
+    """completion_pick's reading: the letter of the one option the line is, whole; a line that is not one (cut at
+    the token budget, or written without the constraint, as TRL's own rollouts write it) is read as completion_open
+    reads a line (named_option). Two options with the same text make the line no answer."""
+    same = [i for i, o in enumerate(options) if _same_text(text, o)]
+    if same:
+        return LETTERS[same[0]] if len(same) == 1 else None
+    return named_option(text, options)
 
 
 def answer_span(text, variant: str = "cot") -> str:
@@ -193,7 +210,7 @@ def follows_format(text: str, variant: str = "cot", options: list[str] | None = 
     """Did the completion answer in the form the prompt variant asked for? (completion_option and completion_open
     need the options.)"""
     text = answer_span(text, variant)
-    if variant == OPTION_VARIANT:
+    if variant in (OPTION_VARIANT, PICK_VARIANT):
         return _restates_option(text, _needed(options, variant))
     if variant == OPEN_VARIANT:
         return named_option(text, _needed(options, variant)) is not None
@@ -216,10 +233,12 @@ def _needed(options, variant=OPTION_VARIANT):
 def declared_answer(text, variant: str = "cot", n_options: int = 4, options: list[str] | None = None) -> str | None:
     """The letter a completion answers with, read from the part its variant asks for (its answer_span):
     the declared letter, for completion_option the option its line restates, for completion_open the option its
-    line names."""
+    line names, for completion_pick the option its line is."""
     span = answer_span(text, variant)
     if variant == OPTION_VARIANT:
         return match_option(span, _needed(options))
+    if variant == PICK_VARIANT:
+        return picked_option(span, _needed(options, variant))
     if variant == OPEN_VARIANT:
         return named_option(span, _needed(options, variant))
     return extract_answer(span, n_options)
@@ -242,8 +261,8 @@ def correctness_reward(completions, answer, n_options=None, variant=None, option
 
 def format_reward(completions, variant=None, options=None, **kwargs) -> list[float]:
     """1.0 when the completion has its variant's form (cot: exactly `<reasoning>...</reasoning><answer>X</answer>`;
-    direct: the letter alone; completion_cot: reasoning, then a final line `Answer: X`; completion_option: one
-    option's text, whole; completion_open: a line that names one option), else 0.0."""
+    direct: the letter alone; completion_cot: reasoning, then a final line `Answer: X`; completion_option and
+    completion_pick: one option's text, whole; completion_open: a line that names one option), else 0.0."""
     options = options or [None] * len(completions)
     variants = _variants(variant, len(completions))
     return [float(follows_format(c, v, o)) for c, v, o in zip(completions, variants, options)]

@@ -22,7 +22,7 @@ from mcgrpo.fileio import atomic_path, safetensors_problem, sha256_file, write_j
 from mcgrpo.params import LEARNED_REWARD
 from mcgrpo.prompts import is_chat, stop_token_ids, trainer_prompt
 from mcgrpo.reward_model import load_learned_reward
-from mcgrpo.rewards import BASE_CHOICE, LETTERS, REWARDS
+from mcgrpo.rewards import BASE_CHOICE, LETTERS, PICK_VARIANT, REWARDS
 
 RUN_MARKER = "run.json"
 RUN_SUMMARY = "summary.json"  # the finished run's summary, kept beside its checkpoints for a later re-export
@@ -139,6 +139,9 @@ def rollout_engine(tp, backend: str) -> str:
             return "vllm"
         print("warning: train.use_vllm is true but vllm is not installed; rollouts use train.rollout_engine "
               f"({tp.rollout_engine}) instead")
+    if tp.variant == PICK_VARIANT and backend != "transformers":  # params.py refuses the other engines already
+        raise UserError(f"train.variant={PICK_VARIANT} needs the project's rollouts, which run under the transformers "
+                        f"backend only (model.backend is {backend}): set model.backend to transformers")
     if tp.rollout_engine == "auto":
         return "fast" if backend == "transformers" and tp.top_p >= 1 else "hf"
     if tp.rollout_engine == "fast" and backend != "transformers":
@@ -175,14 +178,17 @@ class FastRollouts:
     policy: with `merged` (train.merged_rollouts), through merged copies of the LoRA layers refreshed at the
     start of every rollout (fast_generation.merged_twin). Sampling is exact (Gumbel-max at TRL's temperature,
     no top-p/top-k) and draws from torch's global RNG, which the trainer's checkpoints save and restore.
+    answers: prompt -> the token lists its completions must be one of (completion_pick; see answers_by_prompt).
     """
 
-    def __init__(self, max_prompt_tokens: int, grouped_attention: bool, merged: bool = True):
+    def __init__(self, max_prompt_tokens: int, grouped_attention: bool, merged: bool = True, answers=None):
         self.max_prompt_tokens, self.grouped_attention, self.merged = max_prompt_tokens, grouped_attention, merged
+        self.answers = answers
         self.generator = None
         self.seconds = []  # wall time of each call (it ends reading the tokens back, so the GPU work is in it)
 
     def __call__(self, prompts: list, trainer) -> dict:
+        from mcgrpo.constrained import answer_tensor
         from mcgrpo.fast_generation import StaticGenerator
         from mcgrpo.generation import left_pad
         from mcgrpo.patches import input_grad_hooks_removed, rollout_settings, tokenize_prompts
@@ -202,6 +208,8 @@ class FastRollouts:
                 grouped_attention=self.grouped_attention, merge_lora=self.merged)
         pad = settings["pad_token_id"]
         input_ids, attention_mask = left_pad(prompt_ids, pad)
+        answers = None if self.answers is None else \
+            answer_tensor([self.answers[p] for p in prompts], settings["max_completion_length"], device)
         was_training = model.training
         model.eval()
         try:
@@ -209,7 +217,8 @@ class FastRollouts:
                     torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(trainer.args.bf16)):
                 new_tokens = self.generator.generate(
                     input_ids.to(device), attention_mask.to(device), max_new_tokens=settings["max_completion_length"],
-                    eos_token_ids=settings["eos_token_ids"], pad_token_id=pad, temperature=settings["temperature"]).tolist()
+                    eos_token_ids=settings["eos_token_ids"], pad_token_id=pad, temperature=settings["temperature"],
+                    answers=answers).tolist()
         finally:
             model.train(was_training)
         eos = set(settings["eos_token_ids"])
@@ -217,6 +226,19 @@ class FastRollouts:
         completion_ids = [ids[:next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))] for ids in new_tokens]
         self.seconds.append(time.perf_counter() - start)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+
+def answers_by_prompt(tokenizer, records: list[dict], variant: str, shots: list[dict] = ()) -> dict:
+    """completion_pick's rollout constraint: each training prompt (as TRL hands it to the rollouts) -> the token lists
+    its answer must be one of. The prompt shows no options, so shuffling them (train.option_order) leaves it as it
+    is; two questions with the same prompt (one article, one fill-in stem) may answer with either's options."""
+    from mcgrpo.prompts import answer_choices
+
+    table = {}
+    for record in records:
+        choices = table.setdefault(trainer_prompt(record, variant, shots), [])
+        choices += [c for c in answer_choices(tokenizer, record) if c not in choices]
+    return table
 
 
 def gpu_clock() -> float:
@@ -531,7 +553,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     if engine == "fast":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental"; TRL is pinned
         rollouts = FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.grouped_attention,
-                                tp.merged_rollouts)
+                                tp.merged_rollouts, answers_by_prompt(tokenizer, records, tp.variant, shots)
+                                if tp.variant == PICK_VARIANT else None)
     stop_at_variant_end(model, tokenizer, tp.variant)
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16, engine),
