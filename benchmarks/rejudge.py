@@ -3,8 +3,10 @@
 When a variant's reading changes, the saved completions of a run can be read the new way without generating them
 again: the base and fine-tuned rows of `data/predictions/*.jsonl` (evaluate's output) and a peer's
 `predictions.jsonl` (benchmarks/trl_peer.py). For each model it reports accuracy, how often a line was read as an
-answer, and how many options the line touches (holds a content word of); each fine-tuned model is compared with the
-base on the same questions (paired interval, McNemar p).
+answer, how many options the line touches (holds a content word of), and how often the answer is the longest or
+the shortest option (RACE's right answer is the longest one for 0.306 of its test questions: a model can gain by
+length alone, blind to the passage); each fine-tuned model is compared with the base on the same questions (paired
+interval, McNemar p).
 
     python benchmarks/rejudge.py --variant completion_open --base data/predictions/baseline.jsonl \
         --tuned data/predictions/finetuned.jsonl [--peer peer/predictions.jsonl] [--max-tokens 32 --tokenizer DIR] \
@@ -15,7 +17,7 @@ import argparse
 
 from mcgrpo.fileio import read_jsonl, write_json
 from mcgrpo.metrics import compare, summarize
-from mcgrpo.rewards import answer_span, content_words, judge
+from mcgrpo.rewards import LETTERS, answer_span, content_words, judge
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--variant", required=True)
@@ -51,6 +53,14 @@ def reread(path: str, model: str) -> list[dict]:
     return out
 
 
+def length_rank_share(rows: list[dict], pick) -> float:
+    """Share of all rows whose answer has the length (characters) `pick` (max or min) takes over its options."""
+    def lengths(r):
+        return [len(o) for o in r["options"]]
+    return round(sum(r["pred"] is not None and lengths(r)[LETTERS.index(r["pred"])] == pick(lengths(r))
+                     for r in rows) / len(rows), 4)
+
+
 def describe(rows: list[dict]) -> dict:
     m = summarize(rows)[args.variant]
     n = len(rows)
@@ -59,11 +69,16 @@ def describe(rows: list[dict]) -> dict:
             "answered_rate": round(len(answered) / n, 4),
             "accuracy_per_answered": round(sum(r["correct"] for r in answered) / max(len(answered), 1), 4),
             "finished_rate": round(sum(bool(r.get("finished")) for r in rows) / n, 4),
-            "lines_touching_2_or_more_options": round(sum(r["options_touched"] >= 2 for r in rows) / n, 4)}
+            "lines_touching_2_or_more_options": round(sum(r["options_touched"] >= 2 for r in rows) / n, 4),
+            "answers_the_longest_option": length_rank_share(rows, max),
+            "answers_the_shortest_option": length_rank_share(rows, min)}
 
 
 base = reread(args.base, "baseline")
-result = {"variant": args.variant, "max_tokens": args.max_tokens or None, "base": describe(base)}
+longest_first = [{**r, "pred": LETTERS[max(range(len(r["options"])), key=lambda i: len(r["options"][i]))]} for r in base]
+result = {"variant": args.variant, "max_tokens": args.max_tokens or None,
+          "always_the_longest_option_accuracy": round(sum(r["pred"] == r["answer"] for r in longest_first) / len(base), 4),
+          "base": describe(base)}
 for name, path in (("tuned", args.tuned), ("peer", args.peer)):
     if path:
         rows = reread(path, "finetuned")

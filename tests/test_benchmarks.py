@@ -179,6 +179,9 @@ def test_rejudge_reads_saved_predictions_the_current_way(tmp_path):
     assert result["tuned"]["accuracy"] == 0.5 and result["tuned"]["lines_touching_2_or_more_options"] == 0.5
     assert result["tuned"]["mcnemar"] == {"fixed": 1, "broken": 1, "p_value": 1.0} and result["tuned"]["change"] == 0
     assert "peer" not in result
+    # length: the tuned q2 answer "Kim's" is Kim, the shortest option; q1 is no answer
+    assert result["tuned"]["answers_the_shortest_option"] == 0.5 and result["tuned"]["answers_the_longest_option"] == 0
+    assert result["always_the_longest_option_accuracy"] == 0  # Kate, Lily and Lucy tie; the first, B, is wrong
     bad = subprocess.run(command("rejudge.py", "--variant", "completion_option", "--base", tmp_path / "base.jsonl",
                                  "--tuned", tmp_path / "tuned.jsonl", "--out", out), cwd=ROOT, capture_output=True,
                          text=True)

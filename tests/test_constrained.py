@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mcgrpo.constrained import NO_TOKEN, AllowedAnswers, answer_tensor, constrained_pick
+from mcgrpo.constrained import NO_TOKEN, AllowedAnswers, answer_choices, answer_tensor, constrained_pick
 from mcgrpo.modeling import load_model
 from mcgrpo.rewards import PICK_VARIANT, judge, picked_option
 
@@ -80,7 +80,7 @@ def test_both_engines_write_one_option_whole_and_agree(model_and_tokenizer, reco
     from mcgrpo.evaluation import answer_eval_set
     from mcgrpo.generation import generate
     from mcgrpo.params import EvalParams
-    from mcgrpo.prompts import answer_choices, render_prompt, stop_token_ids
+    from mcgrpo.prompts import render_prompt, stop_token_ids
 
     model, tok = model_and_tokenizer
     model = model.to(device)

@@ -34,6 +34,12 @@ def line_end_id(tokenizer) -> int:
     return ids[0]
 
 
+def answer_choices(tokenizer, record: dict) -> list[list[int]]:
+    """The token lists a completion_pick answer to this question must be one of: its options, each ending with a
+    newline."""
+    return answer_tokens(tokenizer, record["options"], line_end_id(tokenizer))
+
+
 def answer_tensor(rows: list[list[list[int]]], steps: int, device=None) -> torch.Tensor:
     """(batch, options, steps) of answer_tokens rows, padded with NO_TOKEN; an empty row (no options) allows
     anything. Tokens past `steps` are dropped: an option longer than the answer budget is cut like any line."""

@@ -4,10 +4,11 @@ import time
 
 import torch
 
+from mcgrpo.constrained import answer_choices
 from mcgrpo.data.stats import question_kind
 from mcgrpo.generation import encode_prompts, generate, static_generator_for
 from mcgrpo.loglik import loglik_rows
-from mcgrpo.prompts import answer_choices, render_prompt, stop_token_ids
+from mcgrpo.prompts import render_prompt, stop_token_ids
 from mcgrpo.rewards import PICK_VARIANT, judge, reasoning_text
 
 

@@ -183,10 +183,3 @@ def stop_token_ids(tokenizer, variant: str) -> list[int]:
                   if piece and (mark in piece or mark.replace("\n", "Ċ") in piece) and i not in
                   tokenizer.all_special_ids)
 
-
-def answer_choices(tokenizer, record: dict) -> list[list[int]]:
-    """The token lists a completion_pick answer must be one of (constrained.answer_tokens: the options, each ending
-    with a newline)."""
-    from mcgrpo.constrained import answer_tokens, line_end_id
-
-    return answer_tokens(tokenizer, record["options"], line_end_id(tokenizer))

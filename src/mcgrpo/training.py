@@ -232,7 +232,7 @@ def answers_by_prompt(tokenizer, records: list[dict], variant: str, shots: list[
     """completion_pick's rollout constraint: each training prompt (as TRL hands it to the rollouts) -> the token lists
     its answer must be one of. The prompt shows no options, so shuffling them (train.option_order) leaves it as it
     is; two questions with the same prompt (one article, one fill-in stem) may answer with either's options."""
-    from mcgrpo.prompts import answer_choices
+    from mcgrpo.constrained import answer_choices
 
     table = {}
     for record in records:
