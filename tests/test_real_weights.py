@@ -122,6 +122,28 @@ def test_completion_option_prompt_is_answered_with_an_option(real_model):
     assert out["finished"] and out["text"].strip() in RACE_LIKE["options"]
 
 
+def test_completion_pick_answers_with_one_option_whole(real_model):
+    # completion_pick: completion_open's prompt, the answer constrained to an option. Both engines agree where both
+    # run; on a passage that names the place, the model picks it (measured: "Paris"; unconstrained it writes "Paris.")
+    from mcgrpo.constrained import answer_choices
+    from mcgrpo.generation import generate
+    from mcgrpo.prompts import render_prompt, stop_token_ids
+    from mcgrpo.rewards import judge
+
+    model, tok = real_model
+    simple = {"id": "t2", "source": "test", "answer": "B", "question": "Where does Tom live?",
+              "context": "Tom is nine. He lives in Paris with his sister Ann, and every summer they visit their aunt in "
+                         "Rome.", "options": ["London", "Paris", "Rome", "Berlin"]}
+    records = [RACE_LIKE, simple]
+    outputs = generate(model, tok, [render_prompt(tok, r, "completion_pick") for r in records], max_new_tokens=32,
+                       stop_ids=stop_token_ids(tok, "completion_pick"), engine="hf",
+                       answers=[answer_choices(tok, r) for r in records])
+    for r, out in zip(records, outputs):
+        assert out["finished"] and out["text"] in r["options"], out
+        assert judge(out["text"], r["answer"], 4, "completion_pick", r["options"])["format_ok"]
+    assert outputs[1]["text"] == "Paris"
+
+
 @pytest.mark.gpu
 def test_bf16_sampling_is_safe_on_the_real_model(real_model):
     """Sampling at temperature 1 in bf16, as GRPO rollouts do: padded batches give finite logits, HF's
