@@ -3,6 +3,7 @@ reward labels each answer right or wrong; a scikit-learn classifier learns to te
 the reasoning alone. Degenerate labels give a skipped model and metrics saying why, not a crash."""
 
 from mcgrpo import paths
+from mcgrpo.constrained import answers_for
 from mcgrpo.errors import REWARD_MODEL_OOM, run_stage
 from mcgrpo.fileio import read_jsonl, write_json, write_jsonl
 from mcgrpo.generation import generate
@@ -24,7 +25,7 @@ def main():
     outputs = generate(model, tokenizer, [render_prompt(tokenizer, r, rp.variant, shots) for r in repeated],
                        batch_size=rp.batch_size, max_new_tokens=rp.max_new_tokens, temperature=rp.temperature,
                        top_p=rp.top_p, seed=rp.seed, desc="reward-model data",
-                       stop_ids=stop_token_ids(tokenizer, rp.variant))
+                       stop_ids=stop_token_ids(tokenizer, rp.variant), answers=answers_for(tokenizer, repeated, rp.variant))
     rows = [{"id": r["id"], "context": r["context"], "question": r["question"], "options": r["options"],
              "answer": r["answer"], "completion": out["text"],
              **judge(out["text"], r["answer"], len(r["options"]), rp.variant, r["options"])}

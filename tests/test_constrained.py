@@ -125,3 +125,14 @@ def test_completion_pick_needs_the_projects_rollouts():
     with pytest.raises(ValueError, match="train.rollout_engine to auto or fast"):
         TrainParams(variant=PICK_VARIANT, rollout_engine="hf")
     assert TrainParams(variant=PICK_VARIANT).rollout_engine == "auto"
+
+
+def test_only_completion_pick_generates_under_the_constraint(model_and_tokenizer, records):
+    from mcgrpo.constrained import answers_for, line_end_id
+
+    _, tok = model_and_tokenizer
+    assert answers_for(tok, records, "completion_open") is None and answers_for(tok, records, "cot") is None
+    choices = answers_for(tok, records, PICK_VARIANT)
+    assert choices == [answer_choices(tok, r) for r in records] and len(choices[0]) == len(records[0]["options"])
+    end = line_end_id(tok)
+    assert all(ids[-1] == end and tok.decode(ids[:-1]) == " " + o for ids, o in zip(choices[0], records[0]["options"]))

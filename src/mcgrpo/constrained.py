@@ -16,6 +16,8 @@ logits processor recomputes it from the tokens written.
 
 import torch
 
+from mcgrpo.rewards import PICK_VARIANT
+
 NO_TOKEN = -1
 
 
@@ -38,6 +40,12 @@ def answer_choices(tokenizer, record: dict) -> list[list[int]]:
     """The token lists a completion_pick answer to this question must be one of: its options, each ending with a
     newline."""
     return answer_tokens(tokenizer, record["options"], line_end_id(tokenizer))
+
+
+def answers_for(tokenizer, records: list[dict], variant: str) -> list | None:
+    """Each record's answer_choices where the variant is completion_pick, else None (it generates freely): what
+    generation.generate takes as `answers`."""
+    return [answer_choices(tokenizer, r) for r in records] if variant == PICK_VARIANT else None
 
 
 def answer_tensor(rows: list[list[list[int]]], steps: int, device=None) -> torch.Tensor:

@@ -4,12 +4,12 @@ import time
 
 import torch
 
-from mcgrpo.constrained import answer_choices
+from mcgrpo.constrained import answers_for
 from mcgrpo.data.stats import question_kind
 from mcgrpo.generation import encode_prompts, generate, static_generator_for
 from mcgrpo.loglik import loglik_rows
 from mcgrpo.prompts import render_prompt, stop_token_ids
-from mcgrpo.rewards import PICK_VARIANT, judge, reasoning_text
+from mcgrpo.rewards import judge, reasoning_text
 
 
 def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str, shots: list[dict] = ()) -> list[dict]:
@@ -35,7 +35,7 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str,
                            temperature=ep.temperature, top_p=ep.top_p, seed=ep.seed, engine=ep.engine,
                            desc=f"{model_label} / {variant}", static=static,
                            stop_ids=stop_token_ids(tokenizer, variant),
-                           answers=[answer_choices(tokenizer, r) for r in records] if variant == PICK_VARIANT else None)
+                           answers=answers_for(tokenizer, records, variant))
         seconds = time.perf_counter() - start
         new_tokens = sum(o["n_tokens"] for o in outputs)
         memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""
