@@ -52,6 +52,16 @@ def test_constrained_pick_is_the_full_vocabulary_pick_with_every_other_token_mas
         assert any(written[b][:len(ids)] == ids for ids in OPTIONS[b]), written[b]
 
 
+def test_nothing_is_allowed_past_the_last_step():
+    from mcgrpo.constrained import next_tokens
+
+    answers = answer_tensor(OPTIONS, 2)
+    alive = torch.ones(3, 3, dtype=torch.bool)
+    assert next_tokens(answers, alive, torch.tensor(1))[1].any()
+    for step in (2, 5):  # an index past the budget is not read (a CUDA gather there would be a device-side assert)
+        assert not next_tokens(answers, alive, torch.tensor(step))[1].any()
+
+
 def test_the_hf_processor_allows_what_constrained_pick_allows():
     answers = answer_tensor(OPTIONS, 4)
     processor = AllowedAnswers(answers, prompt_length=2)

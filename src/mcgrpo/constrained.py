@@ -3,15 +3,15 @@
 completion_pick shows no options (the completion_open prompt) and decodes under a constraint: at each step the
 model may only continue one of the options it has not yet left, and the answer ends with the option's last token
 and a newline. What it writes is then always exactly one option, and which one is the model's own choice, made by
-its probabilities over the options' texts after the passage, where its option log-likelihood reads the passage
-(0.342 on RACE test against 0.207 for a written answer after a listed set), with no list position to prefer.
+its probabilities over the options' texts after the passage (where a small pretrained model's option log-likelihood
+reads the passage better than its written answers do: benchmarks/README.md), with no list position to prefer.
 Sampling stays exact: the model's distribution renormalised over the tokens the constraint allows (Gumbel-max
 over the allowed tokens, each drawn once).
 
-The state of one batch is two tensors: `answer_ids` (batch, options, steps) holds each option's tokens, padded
-with -1, and `alive` (batch, options) says which options the tokens written so far still match. Both engines
-share `next_tokens`; StaticGenerator keeps `alive` in place (its CUDA graph replays the update), the hf engine's
-logits processor recomputes it from the tokens written.
+The state of one batch: `answer_ids` (batch, options, steps) holds each option's tokens, padded with NO_TOKEN;
+`alive` (batch, options) says which options the tokens written so far still match; `step` counts the tokens
+written. Both engines share `next_tokens`; StaticGenerator keeps the state in place (its CUDA graph replays the
+update), the hf engine's logits processor recomputes it from the tokens written.
 """
 
 import torch
@@ -64,10 +64,10 @@ def next_tokens(answer_ids: torch.Tensor, alive: torch.Tensor, step: torch.Tenso
     """(tokens, allowed), both (batch, options): each option's token at `step` (a 0-dim long tensor), and whether
     it may be written now: the option is still matched, has a token there, and no earlier option already offers
     the same token (so each token is drawn once: two options that begin alike share its probability, not double
-    it)."""
-    b, k, _ = answer_ids.shape
-    tokens = answer_ids.gather(2, step.view(1, 1, 1).expand(b, k, 1)).squeeze(2)
-    allowed = alive & (tokens != NO_TOKEN)
+    it). Past the last step nothing is allowed (StaticGenerator's graph warm-up steps run past a short budget)."""
+    b, k, n = answer_ids.shape
+    tokens = answer_ids.gather(2, step.clamp(max=n - 1).view(1, 1, 1).expand(b, k, 1)).squeeze(2)
+    allowed = alive & (tokens != NO_TOKEN) & (step < n)
     earlier = torch.ones(k, k, dtype=torch.bool, device=tokens.device).tril(-1)  # [i, j]: option j comes before i
     same = (tokens[:, :, None] == tokens[:, None, :]) & allowed[:, None, :] & earlier
     return tokens.clamp(min=0), allowed & ~same.any(-1)
