@@ -13,7 +13,8 @@
 #    moves it to the test set: prepare writes the same training sample (it does not depend on the eval split),
 #    so dvc keeps that experiment's adapter (train and reward_model are unchanged) and reruns baseline
 #    evaluate, plots, report and publish on the test set;
-# 3. the plain-TRL peers named in REAL_RUN_PEERS ("defaults lora"; benchmarks/trl_peer.py, fp32 unless
+# 3. the plain-TRL peers named in REAL_RUN_PEERS ("defaults lora"; also "base_choice", "constrained";
+#    benchmarks/trl_peer.py, fp32 unless
 #    REAL_RUN_PEER_DTYPE), one after the other, trained and evaluated on the test run's prepared data, with the
 #    setting's rule rewards (the peer "base_choice" keeps the base_choice reward too);
 # 4. the reading check (benchmarks/reading_ablation.py) of the base and the fine-tuned model on the test questions:
@@ -166,7 +167,8 @@ for peer in ${REAL_RUN_PEERS:-defaults lora}; do
     defaults) peer_args=() ;;
     lora) peer_args=(--lora-r 16 --lr 5e-5) ;;
     base_choice) peer_args=(--base-choice) ;;  # TRL's defaults with the setting's base_choice reward too
-    *) echo "REAL_RUN_PEERS: unknown peer '$peer' (known: defaults lora base_choice)" >&2; exit 2 ;;
+    constrained) peer_args=(--constrained) ;;  # TRL's defaults with the pipeline's rollouts (completion_pick's constraint)
+    *) echo "REAL_RUN_PEERS: unknown peer '$peer' (known: defaults lora base_choice constrained)" >&2; exit 2 ;;
   esac
   stamp "peer $peer"
   python "$here/trl_peer.py" --dtype "$peer_dtype" "${peer_args[@]}" --out "$out/peer_$peer" > "$out/peer_$peer.log" 2>&1 \

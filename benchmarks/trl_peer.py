@@ -6,7 +6,10 @@ set to the pipeline's (steps, prompts per step, group size, completion length, t
 so both runs see the same number of completions. The reward is the pipeline's rules that score a completion alone:
 `base_choice` (the base model's own log-likelihood choice, which the train stage prepares) only with
 --base-choice, which prepares it the same way. `--lora-r/--lr` give the stronger peer measured in
-`../shared/real-gemma` (LoRA r 16 on all linear layers, lr 5e-5). It evaluates with the pipeline's own
+`../shared/real-gemma` (LoRA r 16 on all linear layers, lr 5e-5). `--constrained` gives TRL the pipeline's rollouts as
+its `rollout_func` (training.FastRollouts, stopping at the answer's line end and, for completion_pick, constrained to
+the options), with everything else TRL's defaults: it separates what the rollouts bring from what the pipeline's
+other settings bring. It evaluates with the pipeline's own
 routine on the same eval set and compares against the pipeline's baseline predictions (McNemar). The model loads
 as the pipeline's does, from params.yaml's `model` section (dtype unless --dtype, and `model.tf32`), so both train
 with the same arithmetic.
@@ -31,13 +34,18 @@ from mcgrpo.modeling import load_model, torch_dtype
 from mcgrpo.params import load_params
 from mcgrpo.patches import install_torch_logprobs
 from mcgrpo.rewards import BASE_CHOICE
-from mcgrpo.training import grpo_dataset, reward_functions, with_base_choices
+from mcgrpo.rewards import PICK_VARIANT
+from mcgrpo.training import (FastRollouts, answers_by_prompt, grpo_dataset, longest_prompt_tokens, reward_functions,
+                             stop_at_variant_end, with_base_choices)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--out", required=True)
 parser.add_argument("--lora-r", type=int, default=0, help="0: full fine-tuning, TRL's default")
 parser.add_argument("--lr", type=float, default=None, help="default: TRL's (1e-6)")
 parser.add_argument("--dtype", default=None, help="bfloat16 | float32 (default: model.dtype from params.yaml)")
+parser.add_argument("--constrained", action="store_true",
+                    help="the pipeline's rollouts (training.FastRollouts: line-end stop, completion_pick's constraint) "
+                         "as TRL's rollout_func; TRL's defaults otherwise")
 parser.add_argument("--base-choice", action="store_true",
                     help="keep train.reward_weights.base_choice: the base model's log-likelihood choices, prepared "
                          "as the train stage prepares them (default: the peer trains without that reward)")
@@ -71,9 +79,18 @@ config = GRPOConfig(output_dir=str(out / "trainer"), report_to="none", save_stra
                     seed=tp.seed, **shape, **({"learning_rate": args.lr} if args.lr else {}))
 peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear",
                          task_type="CAUSAL_LM") if args.lora_r else None
+rollouts = None
+if args.constrained:
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.15
+    rollouts = FastRollouts(longest_prompt_tokens(tokenizer, train_records, tp.variant, shots), grouped_attention=False,
+                            answers=answers_by_prompt(tokenizer, train_records, tp.variant, shots)
+                            if tp.variant == PICK_VARIANT else None)
+    stop_at_variant_end(model, tokenizer, tp.variant)  # as the train stage does: the completion ends with its line
 trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(tp), args=config, processing_class=tokenizer,
                       train_dataset=grpo_dataset(train_records, tp.variant, shots),
-                      peft_config=peft_config)
+                      peft_config=peft_config, rollout_func=rollouts)
 start = time.perf_counter()
 trainer.train()
 train_seconds = time.perf_counter() - start
@@ -87,8 +104,11 @@ rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
 settings = {k: getattr(config, k) for k in ("learning_rate", "beta", "loss_type", "lr_scheduler_type", "temperature",
                                              "top_k", "top_p", "max_grad_norm", "warmup_steps", "bf16")}
 write_jsonl(out / "predictions.jsonl", rows)
-write_json(out / "metrics.json", {"peer": "trl GRPOTrainer defaults" + (f" + LoRA r {args.lora_r}" if args.lora_r else ""),
+peer = "trl GRPOTrainer defaults" + (f" + LoRA r {args.lora_r}" if args.lora_r else "") + \
+    (" + the pipeline's rollouts" if args.constrained else "")
+write_json(out / "metrics.json", {"peer": peer,
                                   "settings": {**settings, **shape, "lora_r": args.lora_r,
+                                               "pipeline_rollouts": args.constrained,
                                                "reward_names": [k for k, w in tp.reward_weights.items() if w]},
                                   "train_runtime_s": round(train_seconds, 1), "reward_curve_every_10_steps": rewards,
                                   "metrics": summarize(rows), "comparison": comparison})

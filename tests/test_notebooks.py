@@ -59,7 +59,8 @@ def test_the_three_notebooks_give_the_pipelines_numbers(tmp_path):
     assert first["stats_n"] == 12
     run(["dvc", "repro", "baseline"], project)
     pipeline = read_metrics(project / "metrics/baseline.json")
-    assert set(first["metrics"]) == set(pipeline) == {"loglik", "direct", "cot", "completion_direct", "completion_cot"}
+    assert set(first["metrics"]) == set(pipeline) == {"loglik", "direct", "cot", "completion_direct", "completion_pick",
+                                                      "completion_cot"}
     for variant, m in pipeline.items():
         for key in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "format_rate", "answered_rate", "n"):
             assert first["metrics"][variant][key] == m[key], (variant, key)

@@ -48,7 +48,7 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     env = {**os.environ, "REAL_RUN_EXTRA": SMALL, "REAL_RUN_JOBS": "2", "REAL_RUN_DTYPE": "float32",
            "REAL_RUN_DEV": ("train.learning_rate=0.0001 train.option_order=per_completion train.reward_weights.base_choice=1;"
                             "train.learning_rate=0.001 train.beta=0.04 train.reward_weights.base_choice=1"),
-           "REAL_RUN_PEERS": "defaults base_choice",  # the LoRA peer is the same script with two more flags
+           "REAL_RUN_PEERS": "defaults base_choice constrained",  # the LoRA peer is the same script with two more flags
            "REAL_RUN_TEST_VARIANTS": "completion_pick,completion_open",  # the default trains completion_pick
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks/real_270m.sh"), str(repo / TINY_MODEL), str(race), str(out)],
@@ -71,6 +71,10 @@ def test_dev_choice_moves_to_test_with_its_adapter(tmp_path):
     assert "base_choice" not in metrics["settings"]["reward_names"]  # the plain peer: rules that score alone
     with_choice = json.loads((out / "peer_base_choice" / "metrics.json").read_text())
     assert "base_choice" in with_choice["settings"]["reward_names"] and "completion_pick" in with_choice["comparison"]
+    constrained = json.loads((out / "peer_constrained" / "metrics.json").read_text())
+    assert constrained["settings"]["pipeline_rollouts"] and not metrics["settings"]["pipeline_rollouts"]
+    assert constrained["settings"]["learning_rate"] == metrics["settings"]["learning_rate"]  # TRL's default otherwise
+    assert "completion_pick" in constrained["comparison"]
     assert not (out / "peer_lora").exists()  # REAL_RUN_PEERS chose which peers run
     for which in ("base", "tuned"):  # the reading check, both models, on the test run's questions
         reading = json.loads((out / f"reading_{which}.json").read_text())
