@@ -56,7 +56,8 @@ stamp() { echo "== $* ($(date -u +%T), $(( $(date +%s) - start )) s)"; }
 # probabilities over the option texts, where its log-likelihood reads the passage, and every answer is in format.
 # Its rollouts need the project's fast engine (the one that applies the constraint); the other forms' one-line
 # rollouts (cut at 32 tokens) use TRL's own generate (no compile to amortise). A 270M model needs no gradient
-# checkpointing. Every RACE test option is at most 27 tokens with its line end, so 32 tokens cut none. Evaluation reads the same 32 tokens the rewards read in training: with 128, the
+# checkpointing. Every RACE test option is at most 27 tokens with its line end, so 32 tokens cut none.
+# Evaluation reads the same 32 tokens the rewards read in training: with 128, the
 # tuned completion_open model's lines ran on past what training ever judged (68 % unfinished at 128 tokens, against
 # 15 % for the base; results/2026-12-02_h200_real270m_open).
 variant=${REAL_RUN_VARIANT:-completion_pick}

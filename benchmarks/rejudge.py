@@ -75,9 +75,9 @@ def describe(rows: list[dict]) -> dict:
 
 
 base = reread(args.base, "baseline")
-longest_first = [{**r, "pred": LETTERS[max(range(len(r["options"])), key=lambda i: len(r["options"][i]))]} for r in base]
+longest = [LETTERS[max(range(len(r["options"])), key=lambda i: len(r["options"][i]))] for r in base]  # first of ties
 result = {"variant": args.variant, "max_tokens": args.max_tokens or None,
-          "always_the_longest_option_accuracy": round(sum(r["pred"] == r["answer"] for r in longest_first) / len(base), 4),
+          "always_the_longest_option_accuracy": round(sum(p == r["answer"] for p, r in zip(longest, base)) / len(base), 4),
           "base": describe(base)}
 for name, path in (("tuned", args.tuned), ("peer", args.peer)):
     if path:

@@ -34,9 +34,7 @@ from mcgrpo.modeling import load_model, torch_dtype
 from mcgrpo.params import load_params
 from mcgrpo.patches import install_torch_logprobs
 from mcgrpo.rewards import BASE_CHOICE
-from mcgrpo.rewards import PICK_VARIANT
-from mcgrpo.training import (FastRollouts, answers_by_prompt, grpo_dataset, longest_prompt_tokens, reward_functions,
-                             stop_at_variant_end, with_base_choices)
+from mcgrpo.training import fast_rollouts, grpo_dataset, reward_functions, stop_at_variant_end, with_base_choices
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--out", required=True)
@@ -79,14 +77,8 @@ config = GRPOConfig(output_dir=str(out / "trainer"), report_to="none", save_stra
                     seed=tp.seed, **shape, **({"learning_rate": args.lr} if args.lr else {}))
 peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear",
                          task_type="CAUSAL_LM") if args.lora_r else None
-rollouts = None
+rollouts = fast_rollouts(tokenizer, train_records, tp, shots) if args.constrained else None
 if args.constrained:
-    import os
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.15
-    rollouts = FastRollouts(longest_prompt_tokens(tokenizer, train_records, tp.variant, shots), grouped_attention=False,
-                            answers=answers_by_prompt(tokenizer, train_records, tp.variant, shots)
-                            if tp.variant == PICK_VARIANT else None)
     stop_at_variant_end(model, tokenizer, tp.variant)  # as the train stage does: the completion ends with its line
 trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(tp), args=config, processing_class=tokenizer,
                       train_dataset=grpo_dataset(train_records, tp.variant, shots),

@@ -25,7 +25,8 @@ def main():
     outputs = generate(model, tokenizer, [render_prompt(tokenizer, r, rp.variant, shots) for r in repeated],
                        batch_size=rp.batch_size, max_new_tokens=rp.max_new_tokens, temperature=rp.temperature,
                        top_p=rp.top_p, seed=rp.seed, desc="reward-model data",
-                       stop_ids=stop_token_ids(tokenizer, rp.variant), answers=answers_for(tokenizer, repeated, rp.variant))
+                       stop_ids=stop_token_ids(tokenizer, rp.variant),
+                       answers=answers_for(tokenizer, repeated, rp.variant))
     rows = [{"id": r["id"], "context": r["context"], "question": r["question"], "options": r["options"],
              "answer": r["answer"], "completion": out["text"],
              **judge(out["text"], r["answer"], len(r["options"]), rp.variant, r["options"])}

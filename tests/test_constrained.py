@@ -37,8 +37,8 @@ def test_constrained_pick_is_the_full_vocabulary_pick_with_every_other_token_mas
         if sampling:
             scores = scores / 0.7 - torch.log(-torch.log(uniform))
         free = scores.argmax(-1)
-        picked = constrained_pick(logits, free, answers, alive, step, temperature=torch.tensor(0.7) if sampling else None,
-                                  uniform=uniform)
+        temperature = torch.tensor(0.7) if sampling else None
+        picked = constrained_pick(logits, free, answers, alive, step, temperature=temperature, uniform=uniform)
         for b, allowed in enumerate(allowed_reference(OPTIONS, written, t)):
             if allowed:
                 masked = torch.full((vocab,), float("-inf"))

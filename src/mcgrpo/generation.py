@@ -15,7 +15,6 @@ import torch
 from tqdm.auto import tqdm
 
 from mcgrpo.constrained import AllowedAnswers, answer_tensor
-
 from mcgrpo.patches import eager_attention_for_generation
 
 
@@ -97,7 +96,8 @@ def generate(model, tokenizer, prompts, *, batch_size=16, max_new_tokens=256, te
                                              eos_token_ids=stop_ids, pad_token_id=tokenizer.pad_token_id,
                                              temperature=temperature, generator=rng, answers=allowed).tolist()
             else:
-                processors = {} if allowed is None else {"logits_processor": [AllowedAnswers(allowed, input_ids.shape[1])]}
+                processors = {} if allowed is None else \
+                    {"logits_processor": [AllowedAnswers(allowed, input_ids.shape[1])]}
                 with eager_attention_for_generation(model):  # SDPA's KV-cached decode is wrong on some CUDA batches
                     out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                          eos_token_id=sorted(stop_ids), top_k=None, **processors, **sampling)

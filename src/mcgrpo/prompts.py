@@ -182,4 +182,3 @@ def stop_token_ids(tokenizer, variant: str) -> list[int]:
     return sorted(i for i, piece in enumerate(pieces)
                   if piece and (mark in piece or mark.replace("\n", "Ċ") in piece) and i not in
                   tokenizer.all_special_ids)
-

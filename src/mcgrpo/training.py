@@ -228,6 +228,15 @@ class FastRollouts:
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
 
+def fast_rollouts(tokenizer, records: list[dict], tp, shots: list[dict] = ()) -> FastRollouts:
+    """The fast rollouts for a run on `records` (train.grouped_attention, train.merged_rollouts), constrained to the
+    options where train.variant is completion_pick."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental"; TRL is pinned
+    answers = answers_by_prompt(tokenizer, records, tp.variant, shots) if tp.variant == PICK_VARIANT else None
+    return FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.grouped_attention,
+                        tp.merged_rollouts, answers)
+
+
 def answers_by_prompt(tokenizer, records: list[dict], variant: str, shots: list[dict] = ()) -> dict:
     """completion_pick's rollout constraint: each training prompt (as TRL hands it to the rollouts) -> the token lists
     its answer must be one of. The prompt shows no options, so shuffling them (train.option_order) leaves it as it
@@ -551,10 +560,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     live = make_live_callback(live_dir, resume_step) if main else None
     rollouts = None
     if engine == "fast":
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental"; TRL is pinned
-        rollouts = FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.grouped_attention,
-                                tp.merged_rollouts, answers_by_prompt(tokenizer, records, tp.variant, shots)
-                                if tp.variant == PICK_VARIANT else None)
+        rollouts = fast_rollouts(tokenizer, records, tp, shots)
     stop_at_variant_end(model, tokenizer, tp.variant)
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(tp, checkpoints, bf16, engine),
