@@ -5,7 +5,10 @@
    time measured with the graph. If the kernel sum is close to the step time the GPU is the limit; if
    it is far below, the host is.
 2. Variants, each compiled afresh and timed over full generate calls, and over bare graph replays:
-   - grouped: the shipped attention (grouped-query; matmuls for one-token decode steps, SDPA otherwise);
+   - grouped: the shipped attention (grouped-query; matmuls for one-token decode steps, SDPA otherwise) and
+     the shipped layers (q/k/v and gate/up fused);
+   - unfused: grouped, with HF's own layers (q/k/v and gate/up as separate matmuls);
+   - flex: grouped, with FlexAttention for the decode steps (decode_attention="flex");
    - grouped_sdpa: the same but SDPA for decode steps too (PyTorch picks cuDNN's kernel on the H100);
    - max_autotune: grouped, compiled with mode="max-autotune-no-cudagraphs" (Triton matmuls tuned per shape).
 
@@ -68,7 +71,9 @@ def generator_for(variant):
         use_grouped_attention(model)
     mode = "max-autotune-no-cudagraphs" if variant == "max_autotune" else None
     return StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new, check_every=args.new,
-                           grouped_attention=False, compile=DEVICE == "cuda", compile_mode=mode)
+                           grouped_attention=False, compile=DEVICE == "cuda", compile_mode=mode,
+                           fuse_projections=variant != "unfused",
+                           decode_attention="flex" if variant == "flex" else "matmul")
 
 
 def run(generator, new):

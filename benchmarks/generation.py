@@ -24,7 +24,8 @@ parser.add_argument("--prompt", type=int, default=512)
 parser.add_argument("--new", type=int, default=256)
 parser.add_argument("--repeats", type=int, default=2)
 parser.add_argument("--engines", default="hf_dynamic,hf_static,static_generator,static_generator_sampling",
-                    help="also static_generator_compiled_prefill: a second generator whose prefill is compiled too")
+                    help="also static_generator_unfused / _flex / _compiled_prefill / _flex_compiled_prefill: "
+                         "generators with other settings (see STATIC)")
 parser.add_argument("--preset", default="gemma-3-1b")
 parser.add_argument("--compile-prefill", action="store_true", help="StaticGenerator compiles its prefill too")
 parser.add_argument("--out", required=True)
@@ -73,9 +74,14 @@ def record(name, fn, static=None):
     return out
 
 
-outputs = {}
+# StaticGenerator engines: name -> its settings (each its own generator, compiled on first use)
+STATIC = {"static_generator": {}, "static_generator_sampling": {},
+          "static_generator_unfused": {"fuse_projections": False},
+          "static_generator_flex": {"decode_attention": "flex"},
+          "static_generator_compiled_prefill": {"compile_prefill": True},
+          "static_generator_flex_compiled_prefill": {"decode_attention": "flex", "compile_prefill": True}}
+outputs, generators = {}, {}
 engines = args.engines.split(",")  # run in the order given: a run cut by a time limit keeps the first ones
-generator = None
 with torch.inference_mode():
     for name in engines:
         if name.startswith("hf_"):
@@ -85,29 +91,22 @@ with torch.inference_mode():
                 input_ids=ids, attention_mask=mask, max_new_tokens=args.new, do_sample=False, top_k=None,
                 **static_cache)[:, args.prompt:])
             continue
-        if name == "static_generator_compiled_prefill":
+        if name not in STATIC:
+            raise SystemExit(f"unknown engine {name!r} (known: hf_dynamic, hf_static, {', '.join(STATIC)})")
+        settings = {"compile_prefill": args.compile_prefill, **STATIC[name]}
+        key = "static_generator" if name == "static_generator_sampling" else name  # sampling reuses the default one
+        if key not in generators:
             t = time.perf_counter()
-            compiled = StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new, check_every=args.new,
-                                       compile_prefill=True)
-            results["compiled_prefill_setup_s"] = round(time.perf_counter() - t, 1)
-            outputs[name] = record(name, lambda: compiled.generate(
-                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0), compiled)
-            continue
-        if generator is None:
-            t = time.perf_counter()
-            generator = StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new,
-                                        check_every=args.new, compile_prefill=args.compile_prefill)  # the benchmark never stops early: skip the syncs
-            results["static_generator_setup_s"] = round(time.perf_counter() - t, 1)
-        else:
-            use_grouped_attention(model)  # back to the generator's attention after an HF engine
-        if name == "static_generator":
-            outputs[name] = record(name, lambda: generator.generate(
-                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0), generator)
-        elif name == "static_generator_sampling":
-            record(name, lambda: generator.generate(
-                ids, mask, max_new_tokens=args.new, eos_token_ids=[], pad_token_id=0, temperature=1.0))
-        else:
-            raise SystemExit(f"unknown engine {name!r}")
+            generators[key] = StaticGenerator(model, batch_size=args.batch, max_length=args.prompt + args.new,
+                                              check_every=args.new, **settings)  # never stops early: skip the syncs
+            results[f"{key}_setup_s"] = round(time.perf_counter() - t, 1)
+        generator = generators[key]
+        use_grouped_attention(model, settings.get("decode_attention", "matmul"))  # this generator's attention
+        temperature = 1.0 if name == "static_generator_sampling" else 0.0
+        out = record(name, lambda: generator.generate(ids, mask, max_new_tokens=args.new, eos_token_ids=[],
+                                                      pad_token_id=0, temperature=temperature), generator)
+        if not temperature:
+            outputs[name] = out
 
 base = results["engines"].get("hf_dynamic", {}).get("new_tok_per_s")
 static = results["engines"].get("hf_static", {}).get("new_tok_per_s")
@@ -116,12 +115,14 @@ for name, r in results["engines"].items():
         r["vs_hf_dynamic"] = round(r["new_tok_per_s"] / base, 2)
     if static:
         r["vs_hf_static"] = round(r["new_tok_per_s"] / static, 2)
-if "hf_dynamic" in outputs and "static_generator" in outputs:
-    ref, ours = outputs["hf_dynamic"], outputs["static_generator"]
+reference = next((n for n in ("hf_dynamic", "hf_static") if n in outputs), None)
+for name in [n for n in outputs if n in STATIC and reference]:  # bf16: rounding differs, so rows drift apart
+    ref, ours = outputs[reference], outputs[name]
     same = (ref == ours[:, :ref.shape[1]])
     first_diff = torch.where(same.all(1), ref.shape[1], (~same).float().argmax(1))
-    results["greedy_vs_hf_dynamic"] = {"identical_rows": int(same.all(1).sum()), "rows": ref.shape[0],
-                                       "mean_matching_prefix": round(first_diff.float().mean().item(), 1)}
+    results.setdefault("greedy_vs_hf", {})[name] = {"reference": reference, "identical_rows": int(same.all(1).sum()),
+                                                    "rows": ref.shape[0],
+                                                    "mean_matching_prefix": round(first_diff.float().mean().item(), 1)}
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 Path(args.out).write_text(json.dumps(results, indent=2))
 print(json.dumps(results, indent=2))

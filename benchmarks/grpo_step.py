@@ -7,6 +7,7 @@ never stop early: the worst case):
 - pipeline: what `dvc repro train` runs with params.yaml's defaults and the run's shape (mcgrpo.training.train_grpo:
   LoRA, the rollout engine `auto` picks, gradient checkpointing), `--set section.key=value` overriding params;
 - pipeline_lora_rollouts: the same with train.merged_rollouts false (the fast rollouts read the LoRA layers);
+- unsloth: the same through model.backend unsloth (GPU with unsloth installed; TRL's rollouts, as auto then picks);
 - trl_defaults: TRL's GRPOTrainer with GRPOConfig's defaults and only the shape set (full fine-tuning, TRL's rollouts
   through model.generate), the same reward functions and prompts.
 Each records every step's seconds (GPU-synced), completions per second over the steps after --warmup, the step's
@@ -104,18 +105,20 @@ def figures(seconds: list[float], phases: StepPhases) -> dict:
             else None}
 
 
-def run_pipeline(merged_rollouts: bool = True) -> dict:
+def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transformers") -> dict:
     """The train stage's GRPO as params.yaml sets it (with --set); merged_rollouts False samples through the LoRA
-    layers themselves (train.merged_rollouts: false), for the comparison in one process."""
+    layers themselves (train.merged_rollouts: false), for the comparison in one process; backend "unsloth" trains
+    through Unsloth's FastLanguageModel (what `model.backend: unsloth` runs; its rollouts are TRL's)."""
     train = p.train.model_copy(update={"merged_rollouts": p.train.merged_rollouts and merged_rollouts})
-    model, tokenizer, peft_config = load_policy(p, "transformers")
-    engine = rollout_engine(train, "transformers")
+    model, tokenizer, peft_config = load_policy(p, backend)
+    engine = rollout_engine(train, backend)
     clock, phases = StepClock(), StepPhases()
-    run = work / ("pipeline" if train.merged_rollouts else "pipeline_lora_rollouts")  # a fresh run each: no resume
+    run = work / name  # a fresh run each: no resume
     summary = train_grpo(model, tokenizer, peft_config, records, train, checkpoints=run / "checkpoints",
                          adapter_out=run / "adapter", live_dir=run / "live", fingerprint={"benchmark": 1},
                          bf16=bf16, engine=engine, callbacks=(clock.callback,), phases=phases)
-    return {"rollout_engine": engine, "merged_rollouts": train.merged_rollouts, "finetune": p.train.finetune,
+    return {"backend": backend, "rollout_engine": engine, "merged_rollouts": train.merged_rollouts,
+            "finetune": p.train.finetune,
             "gradient_checkpointing": p.train.gradient_checkpointing,
             "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),
             **figures(clock.seconds, phases)}
@@ -138,8 +141,9 @@ def run_trl_defaults() -> dict:
             config.gradient_checkpointing, **figures(clock.seconds, phases)}
 
 
-runs = {"pipeline": run_pipeline, "pipeline_lora_rollouts": lambda: run_pipeline(merged_rollouts=False),
-        "trl_defaults": run_trl_defaults}
+runs = {"pipeline": lambda: run_pipeline("pipeline"),
+        "pipeline_lora_rollouts": lambda: run_pipeline("pipeline_lora_rollouts", merged_rollouts=False),
+        "unsloth": lambda: run_pipeline("unsloth", backend="unsloth"), "trl_defaults": run_trl_defaults}
 result = {"machine": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
           "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "variant": p.train.variant,
           "tokenizer": "official Gemma 3" if args.tokenizer else "trained on the questions",

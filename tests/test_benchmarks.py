@@ -47,10 +47,13 @@ def test_decode_and_training_scripts(tmp_path, questions):
     out = tmp_path
     run_all({
         "generation": command("generation.py", "--preset", "tiny", "--batch", 2, "--prompt", 8, "--new", 4,
-                              "--repeats", 1, "--engines", "hf_dynamic,hf_static,static_generator,static_generator_sampling",
+                              "--repeats", 1, "--engines",
+                              "hf_dynamic,hf_static,static_generator,static_generator_sampling,"
+                              "static_generator_unfused,static_generator_flex",
                               "--out", out / "generation.json"),
         "decode_variants": command("decode_variants.py", "--preset", "tiny", "--batch", 2, "--prompt", 8, "--new", 16,
-                                   "--profile-steps", 2, "--variants", "grouped,grouped_sdpa", "--out", out / "variants.json"),
+                                   "--profile-steps", 2, "--variants", "grouped,grouped_sdpa,unfused,flex",
+                                   "--out", out / "variants.json"),
         "profile_decode": command("profile_decode.py", "--preset", "tiny", "--batch", 2, "--prompt", 8, "--steps", 2,
                                   "--out", out / "profile.txt"),
         "stage_decode": command("stage_decode.py", "--race", questions, "--tokenizer-texts", questions, "--preset", "tiny",
@@ -65,11 +68,15 @@ def test_decode_and_training_scripts(tmp_path, questions):
         "learnability": command("learnability.py", "--preset", "tiny", "--steps", 2, "--prompts", 2, "--completion-tokens", 4,
                                 "--warm-start-steps", 2, "--out", out / "learnability", "--work", tmp_path / "work"),
     })
-    engines = json.loads((out / "generation.json").read_text())["engines"]
-    assert set(engines) == {"hf_dynamic", "hf_static", "static_generator", "static_generator_sampling"}
+    generation = json.loads((out / "generation.json").read_text())
+    engines = generation["engines"]
+    assert set(engines) == {"hf_dynamic", "hf_static", "static_generator", "static_generator_sampling",
+                            "static_generator_unfused", "static_generator_flex"}
     assert engines["static_generator"]["new_tok_per_s"] > 0
+    assert set(generation["greedy_vs_hf"]) == {"static_generator", "static_generator_unfused", "static_generator_flex"}
     variants = json.loads((out / "variants.json").read_text())["variants"]
-    assert set(variants) == {"grouped", "grouped_sdpa"} and variants["grouped"]["replay_only_ms"] is None  # no graph on CPU
+    assert set(variants) == {"grouped", "grouped_sdpa", "unfused", "flex"}
+    assert variants["grouped"]["replay_only_ms"] is None  # no graph on CPU
     assert variants["grouped"]["profile"]["top"]
     assert "Self CPU time total" in (out / "profile.txt").read_text()
     stage = json.loads((out / "stage.json").read_text())

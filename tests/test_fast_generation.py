@@ -197,6 +197,21 @@ def test_compiled_layers_equal_hf_and_compile_once_per_layer_kind():
     assert not hasattr(model.model.layers[0], "forward") or "forward" not in vars(model.model.layers[0])
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_flex_decode_attention_equals_hf_through_the_ring(device):
+    """decode_attention="flex": FlexAttention for the decode steps (compiled; its mask a score_mod over the ring
+    cache's slots) gives HF's greedy tokens on a padded batch that wraps the sliding window many times."""
+    model, ids, mask = ring_test_model()
+    model, ids, mask = model.to(device), ids.to(device), mask.to(device)
+    reference = hf_greedy(model, {"input_ids": ids, "attention_mask": mask}, 20, [], 0)
+    torch._dynamo.reset()
+    generator = StaticGenerator(model, batch_size=3, max_length=25 + 20, compile=True, decode_attention="flex")
+    assert model.config._attn_implementation == "mcgrpo_grouped_flex_attention"
+    assert torch.equal(generator.generate(ids, mask, max_new_tokens=20, eos_token_ids=[], pad_token_id=0), reference)
+    with pytest.raises(ValueError, match="decode_attention='paged': matmul or flex"):
+        StaticGenerator(model, batch_size=3, max_length=45, decode_attention="paged")
+
+
 def test_prompts_are_tokenized_once_and_left_padded(model_and_tokenizer, records, monkeypatch):
     """generate takes texts or their ids (the eval stage tokenizes each variant once for the generator's size and
     every batch); both give the same answers, and ids are left-padded."""
@@ -234,12 +249,15 @@ def lora_ring_model():
 
 @pytest.mark.parametrize("compile,device", [(False, "cpu"), (True, "cpu"),
                                             pytest.param(True, "cuda", marks=pytest.mark.gpu)])
-def test_merged_lora_twins_equal_the_peft_model_and_follow_its_updates(compile, device):
-    """The generator runs LoRA layers as twins over merged weights (base + delta, refreshed every call): greedy
-    output equals the peft model's own generate, before and after an in-place change of the adapters (what an
-    optimizer step does between rollouts), and with the adapters disabled. The original layers keep their LoRA.
-    On CUDA the decode step is a CUDA graph: the refreshed buffers must be what its replays read."""
+@pytest.mark.parametrize("fuse", [True, False])
+def test_merged_lora_twins_equal_the_peft_model_and_follow_its_updates(compile, device, fuse):
+    """The generator runs LoRA layers as twins over merged weights (base + delta, refreshed every call), fused or
+    not: greedy output equals the peft model's own generate, before and after an in-place change of the adapters
+    (what an optimizer step does between rollouts), and with the adapters disabled. The original layers keep their
+    LoRA. On CUDA the decode step is a CUDA graph: the refreshed buffers must be what its replays read."""
     from peft.tuners.lora import Linear as LoraLinear
+
+    from mcgrpo.fast_generation import FusedGemma3Attention, FusedGemma3MLP
 
     model, ids, mask = lora_ring_model()
     model, ids, mask = model.to(device), ids.to(device), mask.to(device)
@@ -249,10 +267,15 @@ def test_merged_lora_twins_equal_the_peft_model_and_follow_its_updates(compile, 
     reference = hf_greedy(model, enc, 20, [], 0)
     assert not torch.equal(reference, base_reference)  # the adapters matter
     torch._dynamo.reset()
-    generator = StaticGenerator(model, batch_size=3, max_length=25 + 20, compile=compile)
-    assert len(generator._merged) == 3 * 7
+    generator = StaticGenerator(model, batch_size=3, max_length=25 + 20, compile=compile, fuse_projections=fuse)
     assert all(isinstance(layer.self_attn.q_proj, LoraLinear) for layer in model.base_model.model.model.layers)
-    assert all(type(twin.self_attn.q_proj) is torch.nn.Linear for twin in generator._run_layers)
+    if fuse:  # per layer: q/k/v, o, gate/up, down
+        assert [len(sources) for _, sources in generator._merged] == [3, 1, 2, 1] * 3
+        assert all(type(twin.self_attn) is FusedGemma3Attention and type(twin.mlp) is FusedGemma3MLP
+                   and type(twin.self_attn.o_proj) is torch.nn.Linear for twin in generator._run_layers)
+    else:
+        assert len(generator._merged) == 3 * 7
+        assert all(type(twin.self_attn.q_proj) is torch.nn.Linear for twin in generator._run_layers)
     run = lambda: generator.generate(ids, mask, max_new_tokens=20, eos_token_ids=[], pad_token_id=0)  # noqa: E731
     assert torch.equal(run(), reference)
     with torch.no_grad():
@@ -264,13 +287,50 @@ def test_merged_lora_twins_equal_the_peft_model_and_follow_its_updates(compile, 
     assert torch.equal(run(), updated)
     with model.disable_adapter():
         assert torch.equal(run(), base_reference)
-    # without twins the generator reads the LoRA layers themselves: the same answers
+    # without merging the generator reads the LoRA layers themselves (nothing to fuse: q/k/v carry LoRA)
     unmerged = StaticGenerator(model, batch_size=3, max_length=25 + 20, compile=compile, merge_lora=False)
     assert unmerged._merged == [] and unmerged._run_layers == unmerged._decoder_layers
     assert torch.equal(unmerged.generate(ids, mask, max_new_tokens=20, eos_token_ids=[], pad_token_id=0), updated)
 
 
-def test_a_model_without_lora_runs_its_own_layers(model_and_tokenizer):
+def test_a_model_without_lora_runs_fused_twins_or_its_own_layers(model_and_tokenizer):
+    """Without LoRA the twins only fuse (q/k/v and gate/up stacked from the model's weights; o and down are the
+    model's own); with fusion off the generator runs the model's layers."""
     model, _ = model_and_tokenizer
     generator = StaticGenerator(model, batch_size=2, max_length=32)
-    assert generator._merged == [] and generator._run_layers == generator._decoder_layers
+    generator.generate(torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long), max_new_tokens=2,
+                       eos_token_ids=[], pad_token_id=0)  # fills the buffers
+    layer, twin = generator._decoder_layers[0], generator._run_layers[0]
+    assert twin.self_attn.o_proj is layer.self_attn.o_proj and twin.mlp.down_proj is layer.mlp.down_proj
+    attention = layer.self_attn
+    assert torch.equal(twin.self_attn.qkv, torch.cat([attention.q_proj.weight, attention.k_proj.weight,
+                                                      attention.v_proj.weight]))
+    assert torch.equal(twin.mlp.gate_up, torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]))
+    plain = StaticGenerator(model, batch_size=2, max_length=32, fuse_projections=False)
+    assert plain._merged == [] and plain._run_layers == plain._decoder_layers
+
+
+@pytest.mark.parametrize("kind", ["sliding_attention", "full_attention"])
+def test_a_fused_layer_equals_the_model_layer(kind):
+    """One decoder layer's twin against the layer itself on the same input (float32, a padded prefill and one
+    decode step): the fused matmuls are the same arithmetic as the separate ones, to float32 rounding."""
+    from mcgrpo.fast_generation import DecodeCache, merged_twin, refresh_merged
+
+    model, ids, mask = ring_test_model([kind, kind])
+    merged = []
+    layer = model.model.layers[0]
+    twin = merged_twin(layer, merged, fuse=True)
+    refresh_merged(merged)
+    assert twin is not layer and len(merged) == 2
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, model.config.hidden_size)
+    positions = torch.arange(7).expand(3, 7)
+    embeddings = model.model.rotary_emb(hidden, positions, kind)
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()[None, None].expand(3, 1, 7, 7)
+    outs = []
+    for module in (layer, twin):
+        cache = DecodeCache(model.config, 3, 16, torch.float32, "cpu", torch.zeros(1, dtype=torch.long))
+        outs.append(type(layer).forward(module, hidden, position_embeddings=embeddings, attention_mask=causal,
+                                        position_ids=positions, past_key_values=cache.layers[0]))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    assert not torch.equal(outs[0], torch.zeros_like(outs[0]))

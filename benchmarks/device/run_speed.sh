@@ -10,8 +10,11 @@
 # baseline stage (real_scale.py: log-likelihood plus two variants, 256 new tokens). Results land in /tmp/speed/out.
 # SPEED_PARTS picks and orders the parts (default decode,grpo,baseline); "profile" is decode_variants.py (the
 # compiled decode step's kernels by time, and the step compiled with max-autotune); "gputests" runs the GPU tests
-# of the fast engine and the rollouts (SPEED_TESTS: their -k). SPEED_ENGINES and SPEED_PATHS pick generation.py's
-# engines and grpo_step.py's paths.
+# of the fast engine and the rollouts (SPEED_TESTS: their -k); "unsloth" is grpo_step.py's unsloth path (the GRPO
+# step through model.backend unsloth), in its own process, with unsloth's wheels installed by a call before into
+# /tmp/site-unsloth (carrying .whl-unsloth from `bash ../shared/device/wheels.sh unsloth`):
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site-unsloth .whl-unsloth/*.whl
+# SPEED_ENGINES and SPEED_PATHS pick generation.py's engines and grpo_step.py's paths.
 set -uo pipefail
 SPEED_PARTS=${SPEED_PARTS:-decode,grpo,baseline}
 mkdir -p /tmp/speed/out /tmp/site
@@ -46,7 +49,15 @@ baseline() {
 }
 gputests() {  # the GPU tests of the fast engine and the rollouts (CUDA graphs, which the CPU tests cannot cover)
   timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_fast_generation.py \
-    -k "${SPEED_TESTS:-merged or rollouts or matches_hf}" > $out/gpu_tests.log 2>&1; echo "rc $?"; tail -3 $out/gpu_tests.log
+    tests/test_constrained.py -k "${SPEED_TESTS:-merged or rollouts or matches_hf or flex or engines_write}" \
+    > $out/gpu_tests.log 2>&1; echo "rc $?"; tail -3 $out/gpu_tests.log
+}
+unsloth() {  # the first steps compile for minutes (212 s and 116 s on 2026-12-01), so two warm-up steps
+  [ -d /tmp/site-unsloth ] || { echo "no /tmp/site-unsloth: install unsloth's wheels there first"; return; }
+  PYTHONPATH=/tmp/site-unsloth:$PYTHONPATH timeout 540 python3 benchmarks/grpo_step.py \
+    --race .bench/race_train64.jsonl --tokenizer $tok --steps 4 --warmup 2 --paths unsloth \
+    --out $out/grpo_step_unsloth.json > $out/grpo_step_unsloth.log 2>&1
+  echo "rc $?"; tail -2 $out/grpo_step_unsloth.log
 }
 for part in ${SPEED_PARTS//,/ }; do
   stamp "$part"; "$part"

@@ -18,9 +18,10 @@ import functools
 import torch
 
 from mcgrpo.constrained import NO_TOKEN, constrained_pick
-from mcgrpo.patches import layer_forwards, raise_recompile_limit
+from mcgrpo.patches import gemma3_attention_parts, layer_forwards, raise_recompile_limit
 
 GQA_ATTENTION = "mcgrpo_grouped_attention"
+FLEX_ATTENTION = "mcgrpo_grouped_flex_attention"
 
 
 def grouped_query_and_mask(query, key, attention_mask, is_causal=None):
@@ -72,14 +73,41 @@ def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     return out.reshape(query.shape).transpose(1, 2).contiguous(), None
 
 
-def use_grouped_attention(model) -> None:
-    """Switch a model's attention to grouped_attention (same results as sdpa, less memory traffic)."""
+def flex_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                          **kwargs):
+    """grouped_attention with FlexAttention for one-token decode steps: under torch.compile it runs its decoding
+    kernel, which splits the keys across thread blocks and reads K and V once in one kernel, where the matmul path
+    is two matmuls and a softmax apart. The mask (bool or additive, one row per sequence) is a score_mod."""
+    if query.shape[2] != 1:
+        return grouped_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    mask = None if attention_mask is None else attention_mask[:, 0, 0, : key.shape[-2]]
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if mask is None:
+            return score
+        if mask.dtype == torch.bool:
+            return torch.where(mask[b, kv_idx], score, -float("inf"))
+        return score + mask[b, kv_idx]
+
+    out = flex_attention(query, key, value, score_mod=score_mod, enable_gqa=True, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_grouped_attention(model, decode_attention: str = "matmul") -> None:
+    """Switch a model's attention to grouped_attention (same results as sdpa, less memory traffic), or with
+    decode_attention "flex" to flex_decode_attention."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(GQA_ATTENTION, grouped_attention)
-    AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)
-    model.set_attn_implementation(GQA_ATTENTION)
+    if decode_attention not in ("matmul", "flex"):
+        raise ValueError(f"decode_attention={decode_attention!r}: matmul or flex")
+    name, function = (FLEX_ATTENTION, flex_decode_attention) if decode_attention == "flex" else \
+        (GQA_ATTENTION, grouped_attention)
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    model.set_attn_implementation(name)
 
 
 def _is_any_of(tokens, eos):
@@ -164,43 +192,141 @@ def _is_lora_linear(module) -> bool:
             and not any(getattr(module, "use_dora", {}).values()))
 
 
-def merged_twin(module, merged: list):
-    """`module` itself where nothing inside it is a LoRA Linear; otherwise a shallow copy in which each LoRA Linear
-    is a plain Linear over a weight buffer of its own, appended to `merged` as (buffer, LoRA module) for
-    refresh_merged to fill with base weight + LoRA delta. The original keeps its LoRA layers (training uses them).
+def _base(module):
+    return module.get_base_layer() if _is_lora_linear(module) else module
 
-    Why: each LoRA Linear adds two thin matmuls and an add to every decode step (Gemma 3 1B: 7 per layer, so 364
-    more matmuls a step), for a delta that changes only once per optimizer step. The cost is one more copy
-    of the adapted weights.
+
+def _stacked_weight(sources: list, merged: list) -> torch.nn.Parameter:
+    """A frozen weight the size of the sources' weights stacked by rows, appended to `merged` as (weight, sources)
+    for refresh_merged to fill."""
+    bases = [_base(m) for m in sources]
+    like = bases[0].weight
+    weight = torch.nn.Parameter(torch.empty((sum(b.out_features for b in bases), bases[0].in_features),
+                                            dtype=like.dtype, device=like.device), requires_grad=False)
+    merged.append((weight, sources))
+    return weight
+
+
+def _fusable(projections: list, merge_lora: bool) -> bool:
+    """Bias-free Linears (LoRA Linears too, where their deltas may be merged) of one input: one matmul can do them."""
+    plain = [type(_base(m)) is torch.nn.Linear and _base(m).bias is None and (merge_lora or not _is_lora_linear(m))
+             for m in projections]
+    return all(plain) and len({_base(m).in_features for m in projections}) == 1
+
+
+class FusedGemma3Attention(torch.nn.Module):
+    """Gemma3Attention's forward (transformers 5.x, eval) with q, k and v as one matmul over a stacked weight.
+
+    In a decode step each projection is a small, latency-bound matmul (Gemma 3 1B: k and v are 1152 x 256 each), so
+    three launches cost about what one three times larger does (benchmarks/README.md). q_norm, k_norm and the
+    attention function are the original's; o_proj is its twin.
     """
-    if _is_lora_linear(module):
+
+    def __init__(self, attention, merged: list, twin):
+        super().__init__()
+        self.config, self.layer_idx, self.head_dim = attention.config, attention.layer_idx, attention.head_dim
+        self.scaling, self.sliding_window = attention.scaling, attention.sliding_window
+        self.is_causal = attention.is_causal
+        self.num_key_value_groups, self.attention_dropout = attention.num_key_value_groups, 0.0
+        projections = [attention.q_proj, attention.k_proj, attention.v_proj]
+        self.sizes = [_base(m).out_features for m in projections]
+        self.qkv = _stacked_weight(projections, merged)
+        self.q_norm, self.k_norm, self.o_proj = attention.q_norm, attention.k_norm, twin(attention.o_proj)
+        self.rotate, self.attention_function = gemma3_attention_parts()
+        self.train(False)
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query, key, value = torch.nn.functional.linear(hidden_states, self.qkv).split(self.sizes, dim=-1)
+        query = self.q_norm(query.view(hidden_shape).transpose(1, 2))
+        key = self.k_norm(key.view(hidden_shape).transpose(1, 2))
+        value = value.view(hidden_shape).transpose(1, 2)
+        query, key = self.rotate(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        out, weights = self.attention_function(self.config)(self, query, key, value, attention_mask, dropout=0.0,
+                                                            scaling=self.scaling, sliding_window=self.sliding_window,
+                                                            **kwargs)
+        return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
+
+
+class FusedGemma3MLP(torch.nn.Module):
+    """Gemma3MLP with gate and up as one matmul over a stacked weight; down_proj is its twin."""
+
+    def __init__(self, mlp, merged: list, twin):
+        super().__init__()
+        self.act_fn, self.gate_up = mlp.act_fn, _stacked_weight([mlp.gate_proj, mlp.up_proj], merged)
+        self.down_proj = twin(mlp.down_proj)
+        self.train(False)
+
+    def forward(self, x):
+        gate, up = torch.nn.functional.linear(x, self.gate_up).chunk(2, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+def _fused(module, merged: list, twin, merge_lora: bool):
+    """module's fused twin (FusedGemma3Attention / FusedGemma3MLP), or None where it is neither or cannot fuse."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3Attention, Gemma3MLP
+
+    if isinstance(module, Gemma3Attention) and _fusable([module.q_proj, module.k_proj, module.v_proj], merge_lora):
+        return FusedGemma3Attention(module, merged, twin)
+    if isinstance(module, Gemma3MLP) and _fusable([module.gate_proj, module.up_proj], merge_lora):
+        return FusedGemma3MLP(module, merged, twin)
+    return None
+
+
+def merged_twin(module, merged: list, merge_lora: bool = True, fuse: bool = False):
+    """`module` itself where nothing inside it changes; otherwise a shallow copy whose children are twins:
+    - with merge_lora, each LoRA Linear is a plain Linear over a weight buffer of its own (base + LoRA delta);
+    - with fuse, each Gemma 3 attention (q/k/v) and MLP (gate/up) runs its input projections as one matmul
+      over a stacked weight buffer (FusedGemma3Attention, FusedGemma3MLP).
+    Every buffer is appended to `merged` as (buffer, source Linears) for refresh_merged to fill. The original
+    keeps its own layers (training uses them).
+
+    Why merge: each LoRA Linear adds two thin matmuls and an add to every decode step (Gemma 3 1B: 7 per layer, so
+    364 more matmuls a step), for a delta that changes only once per optimizer step. The cost is one more copy of
+    the adapted weights; fusing costs one more copy of the fused projections' weights where there is no LoRA.
+    """
+    def twin(child):
+        return merged_twin(child, merged, merge_lora, fuse)
+
+    if merge_lora and _is_lora_linear(module):
         base = module.get_base_layer()
         linear = torch.nn.Linear(base.in_features, base.out_features, bias=False, device="meta")
-        linear.weight = torch.nn.Parameter(torch.empty_like(base.weight), requires_grad=False)
+        linear.weight = _stacked_weight([module], merged)
         linear.bias = base.bias
         linear.train(False)
-        merged.append((linear.weight, module))
         return linear
-    children = {name: merged_twin(child, merged) for name, child in module.named_children()}
+    fused = _fused(module, merged, twin, merge_lora) if fuse else None
+    if fused is not None:
+        return fused
+    children = {name: twin(child) for name, child in module.named_children()}
     if all(children[name] is child for name, child in module.named_children()):
         return module
-    twin = copy.copy(module)  # shares parameters, buffers and config with the original
-    twin._modules = {**module._modules, **children}  # but has its own children table
-    twin.training = False
-    return twin
+    copied = copy.copy(module)  # shares parameters, buffers and config with the original
+    copied._modules = {**module._modules, **children}  # but has its own children table
+    copied.training = False
+    return copied
+
+
+def _linear_weight(module) -> torch.Tensor:
+    """The weight a Linear's forward applies, in float32: for a LoRA Linear, base + the active adapters' deltas
+    (base alone while its adapters are disabled)."""
+    total = _base(module).weight.float()
+    if _is_lora_linear(module) and not module.disable_adapters:
+        for name in module.active_adapters:
+            if name in module.lora_A:
+                total = total + module.get_delta_weight(name).float()
+    return total
 
 
 @torch.no_grad()
 def refresh_merged(merged: list) -> None:
-    """Fill each twin buffer with its LoRA module's current weight: base + the active adapters' deltas (in
-    float32, rounded once to the buffer's dtype); base alone while the adapters are disabled."""
-    for weight, lora in merged:
-        total = lora.get_base_layer().weight.float()
-        if not lora.disable_adapters:
-            for name in lora.active_adapters:
-                if name in lora.lora_A:
-                    total = total + lora.get_delta_weight(name).float()
-        weight.copy_(total)
+    """Fill each twin buffer with its source Linears' current weights, stacked (each summed in float32 and rounded
+    once to the buffer's dtype)."""
+    for weight, sources in merged:
+        weight.copy_(torch.cat([_linear_weight(m) for m in sources]))
 
 
 def _routed_forward(compiled_layer, layer, cache, hidden_states, past_key_values=None, **kwargs):
@@ -243,11 +369,13 @@ class StaticGenerator:
 
     One instance serves many batches of the same (batch size, max length) shape: the compiled step, its
     CUDA graphs and the cache are reused, so compile time is paid once per instance, not per batch.
+    fuse_projections: Gemma 3's q/k/v and gate/up as one matmul each (merged_twin); decode_attention: "matmul"
+    (grouped_attention) or "flex" (flex_decode_attention) for the one-token steps.
     """
 
     def __init__(self, model, *, batch_size: int, max_length: int, compile: bool | None = None, check_every: int = 32,
                  grouped_attention: bool = True, compile_mode: str | None = None, compile_prefill: bool = False,
-                 merge_lora: bool = True):
+                 merge_lora: bool = True, fuse_projections: bool = True, decode_attention: str = "matmul"):
         config = model.config
         self.kinds = layer_kinds(config)
         window = getattr(config, "sliding_window", None)
@@ -255,8 +383,9 @@ class StaticGenerator:
             raise ValueError(f"{type(model).__name__}: a sliding window ({window}) without per-layer "
                              "layer_types in its config is not supported by the static engine; use the hf engine")
         self.window = window if "sliding_attention" in self.kinds else None
-        if grouped_attention and config.num_attention_heads != config.num_key_value_heads:
-            use_grouped_attention(model)  # note: changes the model's attention for every later call too
+        grouped = grouped_attention and config.num_attention_heads != config.num_key_value_heads
+        if grouped or decode_attention == "flex":
+            use_grouped_attention(model, decode_attention)  # note: changes the model's attention for later calls too
         self.model, self.batch_size, self.max_length, self.check_every = model, batch_size, max_length, check_every
         self.device = next(model.parameters()).device
         compile = self.device.type == "cuda" if compile is None else compile
@@ -272,11 +401,12 @@ class StaticGenerator:
         # "max-autotune-no-cudagraphs") tunes the kernels.
         self._decode_layer = self._prefill_layer = None
         self._decoder_layers = list(model.get_decoder().layers)
-        # merge_lora: the layers run as twins whose LoRA Linears are plain Linears over merged weights, refreshed
-        # at the start of every generate call (so they follow the optimizer's updates between GRPO steps).
+        # The layers run as twins (merged_twin): with merge_lora their LoRA Linears are plain Linears over merged
+        # weights, with fuse_projections each Gemma 3 layer's q/k/v and gate/up are one matmul each; the buffers are
+        # refreshed at the start of every generate call (so they follow the optimizer's updates between GRPO steps).
         self._merged = []
-        self._run_layers = [merged_twin(layer, self._merged) for layer in self._decoder_layers] if merge_lora \
-            else self._decoder_layers
+        self._run_layers = [merged_twin(layer, self._merged, merge_lora, fuse_projections)
+                            for layer in self._decoder_layers]
         if compile:
             raise_recompile_limit(64)
             self._decode_layer = torch.compile(_decode_layer, mode=compile_mode, fullgraph=True)

@@ -169,3 +169,16 @@ def raise_recompile_limit(at_least: int) -> None:
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, at_least)
+
+
+def gemma3_attention_parts():
+    """(apply_rotary_pos_emb, attention function for a config) as Gemma3Attention.forward uses them, for
+    fast_generation.FusedGemma3Attention, which re-states that forward with q/k/v as one matmul. Private:
+    transformers.models.gemma3.modeling_gemma3.apply_rotary_pos_emb and eager_attention_forward."""
+    check_version("transformers", "Gemma3Attention.forward (fast_generation.FusedGemma3Attention)")
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb, eager_attention_forward
+
+    def attention_function(config):
+        return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
+    return apply_rotary_pos_emb, attention_function
