@@ -30,7 +30,7 @@ stamp() { echo "== $* ($(date -u +%T))"; }
 stamp start; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import trl, torch, transformers; print('trl', trl.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 decode() {
-  timeout 300 python3 benchmarks/generation.py --engines "${SPEED_ENGINES:-static_generator,hf_static}" \
+  timeout 420 python3 benchmarks/generation.py --engines "${SPEED_ENGINES:-static_generator,hf_static}" \
     --out $out/generation.json > $out/generation.log 2>&1; echo "rc $?"; tail -3 $out/generation.log
 }
 profile() {
