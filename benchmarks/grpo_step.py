@@ -51,6 +51,9 @@ parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=V
                          "prompt variant and reward weights from the params; only the pipeline takes the rest of train")
 parser.add_argument("--no-cudnn-sdpa", action="store_true",
                     help="turn off PyTorch's cuDNN attention backend (it builds a graph for every new input shape)")
+parser.add_argument("--profile", action="store_true",
+                    help="the pipeline paths run one more step under torch.profiler (left out of the rates): GPU kernel "
+                         "time against the step's wall time, the top kernels and the top host ops")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 if args.no_cudnn_sdpa:
@@ -75,32 +78,68 @@ bf16 = torch_dtype(p.model.dtype) == torch.bfloat16
 
 
 class StepClock:
-    """Each optimizer step's seconds, GPU-synced, as a Trainer callback."""
+    """Each optimizer step's seconds, GPU-synced, as a Trainer callback; step number profile_step (1-based) runs under
+    torch.profiler, summarised into self.profile."""
 
-    def __init__(self):
+    def __init__(self, profile_step: int | None = None):
         from transformers import TrainerCallback
 
-        self.seconds = []
+        self.seconds, self.profile = [], None
         clock = self
 
         class Callback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
+                if len(clock.seconds) + 1 == profile_step:
+                    from torch.profiler import ProfilerActivity, profile
+
+                    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                    clock._profiler = profile(activities=activities)
+                    clock._profiler.__enter__()
                 clock._start = gpu_clock()
 
             def on_step_end(self, args, state, control, **kwargs):
                 clock.seconds.append(gpu_clock() - clock._start)
                 print(f"  step {len(clock.seconds)}: {clock.seconds[-1]:.2f} s", flush=True)
+                if len(clock.seconds) == profile_step:
+                    clock._profiler.__exit__(None, None, None)
+                    clock.profile = summarise_profile(clock._profiler, clock.seconds[-1])
 
         self.callback = Callback()
 
 
-def figures(seconds: list[float], phases: StepPhases) -> dict:
-    """Rates over the steps after --warmup (all of them when there are no more)."""
+def summarise_profile(prof, wall_s: float, top: int = 15) -> dict:
+    """GPU kernel seconds against the step's wall time (far below it: the host or syncs are the limit), the kernels
+    that take longest, and the host ops with the most self time."""
+    from collections import defaultdict
+
+    per_kernel = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[event.name][0] += event.device_time_total
+            per_kernel[event.name][1] += 1
+    host = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return {"wall_s": round(wall_s, 3), "kernel_s": round(sum(t for t, _ in per_kernel.values()) / 1e6, 3),
+            "kernels": sum(n for _, n in per_kernel.values()),
+            "top_kernels": [{"kernel": name[:90], "ms": round(t / 1000, 1), "calls": n}
+                            for name, (t, n) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]],
+            "top_host_ops": [{"op": e.key[:60], "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1),
+                              "calls": e.count} for e in host]}
+
+
+def figures(seconds: list[float], phases: StepPhases, clock: StepClock | None = None) -> dict:
+    """Rates over the steps after --warmup (all of them when there are no more), without a profiled step."""
+    per_step = phases.per_step()
+    profile = clock.profile if clock else None
+    if profile:  # the profiled step is the last: the profiler slows it
+        seconds, per_step = seconds[:-1], per_step[:-1]
     first = args.warmup if len(seconds) > args.warmup else 0
     median = statistics.median(seconds[first:])
+    after = per_step[first:]
+    mean = {k: round(sum(step[k] for step in after) / len(after), 3) for k in StepPhases.PHASES} if after else None
     return {"step_s": [round(s, 3) for s in seconds], "median_step_s": round(median, 3),
-            "completions_per_s": round(completions / median, 2), "step_phases_s_after_warmup": phases.mean(first),
-            "step_phases_s": [{k: round(v, 3) for k, v in step.items()} for step in phases.per_step()],
+            "completions_per_s": round(completions / median, 2), "step_phases_s_after_warmup": mean,
+            "step_phases_s": [{k: round(v, 3) for k, v in step.items()} for step in per_step],
+            **({"profiled_step": profile} if profile else {}),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available()
             else None}
 
@@ -109,10 +148,11 @@ def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transf
     """The train stage's GRPO as params.yaml sets it (with --set); merged_rollouts False samples through the LoRA
     layers themselves (train.merged_rollouts: false), for the comparison in one process; backend "unsloth" trains
     through Unsloth's FastLanguageModel (what `model.backend: unsloth` runs; its rollouts are TRL's)."""
-    train = p.train.model_copy(update={"merged_rollouts": p.train.merged_rollouts and merged_rollouts})
+    train = p.train.model_copy(update={"merged_rollouts": p.train.merged_rollouts and merged_rollouts,
+                                       "max_steps": p.train.max_steps + args.profile})
     model, tokenizer, peft_config = load_policy(p, backend)
     engine = rollout_engine(train, backend)
-    clock, phases = StepClock(), StepPhases()
+    clock, phases = StepClock(profile_step=train.max_steps if args.profile else None), StepPhases()
     run = work / name  # a fresh run each: no resume
     summary = train_grpo(model, tokenizer, peft_config, records, train, checkpoints=run / "checkpoints",
                          adapter_out=run / "adapter", live_dir=run / "live", fingerprint={"benchmark": 1},
@@ -121,7 +161,7 @@ def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transf
             "finetune": p.train.finetune,
             "gradient_checkpointing": p.train.gradient_checkpointing,
             "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),
-            **figures(clock.seconds, phases)}
+            **figures(clock.seconds, phases, clock)}
 
 
 def run_trl_defaults() -> dict:

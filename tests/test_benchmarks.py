@@ -63,7 +63,7 @@ def test_decode_and_training_scripts(tmp_path, questions):
         "grpo_step": command("grpo_step.py", "--race", questions, "--preset", "tiny", "--steps", 2, "--warmup", 1,
                              "--prompts", 2, "--generations", 2, "--new", 4, "--micro-batch", 2,
                              "--set", "train.variant=completion_direct", "--set", "train.reward_weights.format=0",
-                             "--paths", "pipeline,pipeline_lora_rollouts,trl_defaults", "--no-cudnn-sdpa",
+                             "--paths", "pipeline,pipeline_lora_rollouts,trl_defaults", "--no-cudnn-sdpa", "--profile",
                              "--out", out / "grpo_step.json"),
         "learnability": command("learnability.py", "--preset", "tiny", "--steps", 2, "--prompts", 2, "--completion-tokens", 4,
                                 "--warm-start-steps", 2, "--out", out / "learnability", "--work", tmp_path / "work"),
@@ -94,6 +94,8 @@ def test_decode_and_training_scripts(tmp_path, questions):
                                                      "optimizer"}
         assert len(path["step_phases_s"]) == 2
     assert step["paths"]["pipeline"]["rollout_engine"] == "fast" and step["speedup_vs_trl_defaults"] > 0
+    profiled = step["paths"]["pipeline"]["profiled_step"]  # a third step, left out of step_s
+    assert profiled["wall_s"] > 0 and profiled["top_host_ops"] and "profiled_step" not in step["paths"]["trl_defaults"]
     learn = json.loads((out / "learnability" / "learnability.json").read_text())
     assert learn["preset"] == "tiny" and (out / "learnability" / "reward_curve.csv").read_text().startswith("step,reward\n")
 

@@ -39,7 +39,7 @@ profile() {
 }
 grpo() {
   timeout 420 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok --steps 5 \
-    --paths "${SPEED_PATHS:-pipeline,trl_defaults}" --out $out/grpo_step.json > $out/grpo_step.log 2>&1; echo "rc $?"
+    --paths "${SPEED_PATHS:-pipeline,trl_defaults}" --profile --out $out/grpo_step.json > $out/grpo_step.log 2>&1; echo "rc $?"
   tail -2 $out/grpo_step.log
 }
 baseline() {
