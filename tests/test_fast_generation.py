@@ -197,6 +197,24 @@ def test_compiled_layers_equal_hf_and_compile_once_per_layer_kind():
     assert not hasattr(model.model.layers[0], "forward") or "forward" not in vars(model.model.layers[0])
 
 
+def test_the_generator_runs_its_attention_within_its_own_calls_only(monkeypatch):
+    """The grouped attention serves the generator's prefill and decode steps, and the model is back on its own
+    attention after each call: a policy's training forward keeps what train.grouped_attention gave it."""
+    import mcgrpo.fast_generation as fast_generation
+
+    model, ids, mask = ring_test_model()
+    reference = hf_greedy(model, {"input_ids": ids, "attention_mask": mask}, 12, [], 0)
+    query_lengths, plain = [], fast_generation.grouped_attention
+    monkeypatch.setattr(fast_generation, "grouped_attention",
+                        lambda module, query, *a, **k: query_lengths.append(query.shape[2]) or plain(module, query, *a, **k))
+    generator = StaticGenerator(model, batch_size=3, max_length=25 + 12, compile=False)
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.equal(generator.generate(ids, mask, max_new_tokens=12, eos_token_ids=[], pad_token_id=0), reference)
+    assert model.config._attn_implementation == "sdpa"
+    layers = len(model.model.layers)
+    assert query_lengths == [25] * layers + [1] * (11 * layers)  # the prefill, then 11 decode steps
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_flex_decode_attention_equals_hf_through_the_ring(device):
     """decode_attention="flex": FlexAttention for the decode steps (compiled; its mask a score_mod over the ring
@@ -206,8 +224,9 @@ def test_flex_decode_attention_equals_hf_through_the_ring(device):
     reference = hf_greedy(model, {"input_ids": ids, "attention_mask": mask}, 20, [], 0)
     torch._dynamo.reset()
     generator = StaticGenerator(model, batch_size=3, max_length=25 + 20, compile=True, decode_attention="flex")
-    assert model.config._attn_implementation == "mcgrpo_grouped_flex_attention"
+    assert generator._attention == "mcgrpo_grouped_flex_attention"
     assert torch.equal(generator.generate(ids, mask, max_new_tokens=20, eos_token_ids=[], pad_token_id=0), reference)
+    assert model.config._attn_implementation == "sdpa"  # the generator's attention is for its own calls only
     with pytest.raises(ValueError, match="decode_attention='paged': matmul or flex"):
         StaticGenerator(model, batch_size=3, max_length=45, decode_attention="paged")
 

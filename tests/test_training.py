@@ -174,7 +174,7 @@ def check_fast_rollouts_follow_the_policy(model_params, tmp_path):
     model, tok, peft_config = load_model(model_params, lora=tp.lora, seed=tp.seed)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(tp), args=grpo_config(tp, tmp_path, False, "fast"),
                           train_dataset=grpo_dataset(records, tp.variant), processing_class=tok, peft_config=peft_config)
-    rollouts = FastRollouts(longest_prompt_tokens(tok, records, tp.variant), grouped_attention=True)
+    rollouts = FastRollouts(longest_prompt_tokens(tok, records, tp.variant))
     prompts = [build_messages(r, tp.variant) for r in records]
     trainer.model.train()
     first = rollouts(prompts, trainer)["completion_ids"]

@@ -18,7 +18,7 @@ import functools
 import torch
 
 from mcgrpo.constrained import NO_TOKEN, constrained_pick
-from mcgrpo.patches import gemma3_attention_parts, layer_forwards, raise_recompile_limit
+from mcgrpo.patches import attention_for_call, gemma3_attention_parts, layer_forwards, raise_recompile_limit
 
 GQA_ATTENTION = "mcgrpo_grouped_attention"
 FLEX_ATTENTION = "mcgrpo_grouped_flex_attention"
@@ -95,9 +95,9 @@ def flex_decode_attention(module, query, key, value, attention_mask, dropout=0.0
     return out.transpose(1, 2).contiguous(), None
 
 
-def use_grouped_attention(model, decode_attention: str = "matmul") -> None:
-    """Switch a model's attention to grouped_attention (same results as sdpa, less memory traffic), or with
-    decode_attention "flex" to flex_decode_attention."""
+def register_grouped_attention(decode_attention: str = "matmul") -> str:
+    """Register grouped_attention (same results as sdpa, less memory traffic), or with decode_attention "flex"
+    flex_decode_attention, with transformers; its attention implementation name."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -107,7 +107,12 @@ def use_grouped_attention(model, decode_attention: str = "matmul") -> None:
         (GQA_ATTENTION, grouped_attention)
     AttentionInterface.register(name, function)
     AttentionMaskInterface.register(name, sdpa_mask)
-    model.set_attn_implementation(name)
+    return name
+
+
+def use_grouped_attention(model, decode_attention: str = "matmul") -> None:
+    """Switch a model's attention to register_grouped_attention's, for every later call."""
+    model.set_attn_implementation(register_grouped_attention(decode_attention))
 
 
 def _is_any_of(tokens, eos):
@@ -384,8 +389,10 @@ class StaticGenerator:
                              "layer_types in its config is not supported by the static engine; use the hf engine")
         self.window = window if "sliding_attention" in self.kinds else None
         grouped = grouped_attention and config.num_attention_heads != config.num_key_value_heads
-        if grouped or decode_attention == "flex":
-            use_grouped_attention(model, decode_attention)  # note: changes the model's attention for later calls too
+        # the attention this generator's calls run (None: the model's own); the model runs its own outside them,
+        # so a policy's training forward keeps the attention it was given
+        self._attention = register_grouped_attention(decode_attention) if grouped or decode_attention == "flex" \
+            else None
         self.model, self.batch_size, self.max_length, self.check_every = model, batch_size, max_length, check_every
         self.device = next(model.parameters()).device
         compile = self.device.type == "cuda" if compile is None else compile
@@ -444,7 +451,8 @@ class StaticGenerator:
     def greedy_step(self):
         """One greedy decode step on the current inputs, run directly (compiled where compile is on, outside any
         CUDA graph): what benchmarks profile kernel by kernel."""
-        return self._step(*self._step_inputs(False))
+        with attention_for_call(self.model, self._attention):
+            return self._step(*self._step_inputs(False))
 
     def decode_masks(self):
         """Boolean masks of one decode step, per layer kind: (batch, 1, 1, slots).
@@ -550,6 +558,13 @@ class StaticGenerator:
         if n > self.batch_size or prompt_len + max_new_tokens > self.max_length:
             raise ValueError(f"batch {n} x {prompt_len}+{max_new_tokens} tokens exceeds the generator's "
                              f"{self.batch_size} x {self.max_length}")
+        with attention_for_call(self.model, self._attention):
+            return self._generate(input_ids, attention_mask, max_new_tokens, eos_token_ids, pad_token_id, temperature,
+                                  generator, answers)
+
+    def _generate(self, input_ids, attention_mask, max_new_tokens, eos_token_ids, pad_token_id, temperature,
+                  generator, answers):
+        n, prompt_len = input_ids.shape
         refresh_merged(self._merged)
         ids = self._load_prompts(input_ids, attention_mask, pad_token_id)
         self._load_answers(answers, n)

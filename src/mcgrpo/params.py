@@ -163,7 +163,7 @@ class TrainParams(Section):
     # hf (TRL's default, model.generate) | hf_static (TRL with transformers' static KV cache) | hf_continuous
     # (transformers' continuous batching) | auto (fast where it applies: transformers backend and top_p 1; else hf)
     rollout_engine: Literal["auto", "fast", "hf", "hf_static", "hf_continuous"] = "auto"
-    grouped_attention: bool = False  # grouped-query SDPA without per-head K/V copies (transformers backend)
+    grouped_attention: bool = False  # the training forward's attention: grouped-query SDPA (fast rollouts always are)
     # fast rollouts sample from a copy of the LoRA-adapted weights with the adapters merged in, refreshed every
     # rollout: no LoRA matmuls in the decode step, for one more copy of those weights in memory
     merged_rollouts: bool = True

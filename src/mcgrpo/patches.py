@@ -119,12 +119,28 @@ def eager_attention_for_generation(model, devices=("cuda",)):
     KV-cached path is what switches; training forwards keep SDPA. Private: config._attn_implementation (read to put
     it back); `set_attn_implementation` is public.
     """
-    check_version("transformers", "config._attn_implementation")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformers model
-    before = base.config._attn_implementation
-    switch = before == "sdpa" and next(base.parameters()).device.type in devices
+    switch = attention_implementation(base) == "sdpa" and next(base.parameters()).device.type in devices
+    with attention_for_call(model, "eager" if switch else None):
+        yield
+
+
+def attention_implementation(model) -> str:
+    """The attention implementation a (peft-wrapped or plain) transformers model runs. Private:
+    config._attn_implementation (set_attn_implementation, which changes it, is public)."""
+    check_version("transformers", "config._attn_implementation")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config._attn_implementation
+
+
+@contextmanager
+def attention_for_call(model, name: str | None):
+    """The model runs attention implementation `name` for the duration (none given: unchanged), then the one before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformers model
+    before = attention_implementation(base)
+    switch = name is not None and name != before
     if switch:
-        base.set_attn_implementation("eager")
+        base.set_attn_implementation(name)
     try:
         yield
     finally:

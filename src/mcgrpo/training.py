@@ -179,10 +179,13 @@ class FastRollouts:
     start of every rollout (fast_generation.merged_twin). Sampling is exact (Gumbel-max at TRL's temperature,
     no top-p/top-k) and draws from torch's global RNG, which the trainer's checkpoints save and restore.
     answers: prompt -> the token lists its completions must be one of (completion_pick; see answers_by_prompt).
+    The rollouts run the generator's grouped attention within their calls whatever train.grouped_attention sets for
+    the training forward: HF's sdpa in a decode step copies K/V per query head and runs cuDNN's 64-row tiles for 4
+    query rows (a profiled GRPO step on an H200: ~0.6 s of a 1.5 s rollout; benchmarks/README.md).
     """
 
-    def __init__(self, max_prompt_tokens: int, grouped_attention: bool, merged: bool = True, answers=None):
-        self.max_prompt_tokens, self.grouped_attention, self.merged = max_prompt_tokens, grouped_attention, merged
+    def __init__(self, max_prompt_tokens: int, merged: bool = True, answers=None):
+        self.max_prompt_tokens, self.merged = max_prompt_tokens, merged
         self.answers = answers
         self.generator = None
         self.seconds = []  # wall time of each call (it ends reading the tokens back, so the GPU work is in it)
@@ -205,7 +208,7 @@ class FastRollouts:
                       "rebuilding it (and recompiling)")
             self.generator = StaticGenerator(
                 model, batch_size=len(prompt_ids), max_length=max(need, self.max_prompt_tokens + settings["max_completion_length"]),
-                grouped_attention=self.grouped_attention, merge_lora=self.merged)
+                merge_lora=self.merged)
         pad = settings["pad_token_id"]
         input_ids, attention_mask = left_pad(prompt_ids, pad)
         answers = None if self.answers is None else \
@@ -229,12 +232,11 @@ class FastRollouts:
 
 
 def fast_rollouts(tokenizer, records: list[dict], tp, shots: list[dict] = ()) -> FastRollouts:
-    """The fast rollouts for a run on `records` (train.grouped_attention, train.merged_rollouts), constrained to the
-    options where train.variant is completion_pick."""
+    """The fast rollouts for a run on `records` (train.merged_rollouts), constrained to the options where
+    train.variant is completion_pick."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental"; TRL is pinned
     answers = answers_by_prompt(tokenizer, records, tp.variant, shots) if tp.variant == PICK_VARIANT else None
-    return FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.grouped_attention,
-                        tp.merged_rollouts, answers)
+    return FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.merged_rollouts, answers)
 
 
 def answers_by_prompt(tokenizer, records: list[dict], variant: str, shots: list[dict] = ()) -> dict:
