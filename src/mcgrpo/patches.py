@@ -119,24 +119,26 @@ def eager_attention_for_generation(model, devices=("cuda",)):
     KV-cached path is what switches; training forwards keep SDPA. Private: config._attn_implementation (read to put
     it back); `set_attn_implementation` is public.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformers model
-    switch = attention_implementation(base) == "sdpa" and next(base.parameters()).device.type in devices
+    switch = attention_implementation(model) == "sdpa" and next(model.parameters()).device.type in devices
     with attention_for_call(model, "eager" if switch else None):
         yield
+
+
+def _transformers_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformers model
 
 
 def attention_implementation(model) -> str:
     """The attention implementation a (peft-wrapped or plain) transformers model runs. Private:
     config._attn_implementation (set_attn_implementation, which changes it, is public)."""
     check_version("transformers", "config._attn_implementation")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config._attn_implementation
+    return _transformers_model(model).config._attn_implementation
 
 
 @contextmanager
 def attention_for_call(model, name: str | None):
     """The model runs attention implementation `name` for the duration (none given: unchanged), then the one before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformers model
+    base = _transformers_model(model)
     before = attention_implementation(base)
     switch = name is not None and name != before
     if switch:
