@@ -7,6 +7,7 @@ never stop early: the worst case):
 - pipeline: what `dvc repro train` runs with params.yaml's defaults and the run's shape (mcgrpo.training.train_grpo:
   LoRA, the rollout engine `auto` picks, gradient checkpointing), `--set section.key=value` overriding params;
 - pipeline_lora_rollouts: the same with train.merged_rollouts false (the fast rollouts read the LoRA layers);
+- pipeline_eager_layers: the same with train.compile_layers false (the training forward and backward eager);
 - unsloth: the same through model.backend unsloth (GPU with unsloth installed; TRL's rollouts, as auto then picks);
 - trl_defaults: TRL's GRPOTrainer with GRPOConfig's defaults and only the shape set (full fine-tuning, TRL's rollouts
   through model.generate), the same reward functions and prompts.
@@ -30,8 +31,8 @@ from mcgrpo.fileio import read_jsonl, write_json
 from mcgrpo.modeling import load_model, torch_dtype
 from mcgrpo.params import deep_merge, override, parse_params, read_raw_params
 from mcgrpo.tiny import build_tiny_model
-from mcgrpo.training import (StepPhases, gpu_clock, grpo_dataset, load_policy, reward_functions, rollout_engine,
-                             train_grpo)
+from mcgrpo.training import (StepPhases, compiles_layers, gpu_clock, grpo_dataset, load_policy, reward_functions,
+                             rollout_engine, train_grpo)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,12 +145,13 @@ def figures(seconds: list[float], phases: StepPhases, clock: StepClock | None = 
             else None}
 
 
-def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transformers") -> dict:
+def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transformers", **train_update) -> dict:
     """The train stage's GRPO as params.yaml sets it (with --set); merged_rollouts False samples through the LoRA
     layers themselves (train.merged_rollouts: false), for the comparison in one process; backend "unsloth" trains
-    through Unsloth's FastLanguageModel (what `model.backend: unsloth` runs; its rollouts are TRL's)."""
+    through Unsloth's FastLanguageModel (what `model.backend: unsloth` runs; its rollouts are TRL's); train_update
+    overrides train params for this path."""
     train = p.train.model_copy(update={"merged_rollouts": p.train.merged_rollouts and merged_rollouts,
-                                       "max_steps": p.train.max_steps + args.profile})
+                                       "max_steps": p.train.max_steps + args.profile, **train_update})
     model, tokenizer, peft_config = load_policy(p, backend)
     engine = rollout_engine(train, backend)
     clock, phases = StepClock(profile_step=train.max_steps if args.profile else None), StepPhases()
@@ -158,6 +160,7 @@ def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transf
                          adapter_out=run / "adapter", live_dir=run / "live", fingerprint={"benchmark": 1},
                          bf16=bf16, engine=engine, callbacks=(clock.callback,), phases=phases)
     return {"backend": backend, "rollout_engine": engine, "merged_rollouts": train.merged_rollouts,
+            "compiled_layers": compiles_layers(train, backend, engine),
             "finetune": p.train.finetune,
             "gradient_checkpointing": p.train.gradient_checkpointing,
             "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),
@@ -183,6 +186,7 @@ def run_trl_defaults() -> dict:
 
 runs = {"pipeline": lambda: run_pipeline("pipeline"),
         "pipeline_lora_rollouts": lambda: run_pipeline("pipeline_lora_rollouts", merged_rollouts=False),
+        "pipeline_eager_layers": lambda: run_pipeline("pipeline_eager_layers", compile_layers=False),
         "unsloth": lambda: run_pipeline("unsloth", backend="unsloth"), "trl_defaults": run_trl_defaults}
 result = {"machine": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
           "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "variant": p.train.variant,

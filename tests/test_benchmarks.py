@@ -87,6 +87,7 @@ def test_decode_and_training_scripts(tmp_path, questions):
     assert set(step["paths"]) == {"pipeline", "pipeline_lora_rollouts", "trl_defaults"}
     assert step["variant"] == "completion_direct" and step["cudnn_sdpa"] is False
     assert step["paths"]["pipeline"]["merged_rollouts"] and not step["paths"]["pipeline_lora_rollouts"]["merged_rollouts"]
+    assert step["paths"]["pipeline"]["compiled_layers"] is False  # auto: compiled on CUDA only
     assert step["reward_weights"]["format"] == 0  # a nested --set reached the params
     for path in step["paths"].values():
         assert len(path["step_s"]) == 2 and path["completions_per_s"] > 0

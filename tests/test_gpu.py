@@ -93,7 +93,7 @@ def test_fast_rollouts_compile_once_across_grpo_steps(tiny_model_dir, tmp_path):
     mp = ModelParams(name=str(tiny_model_dir), backend="transformers")
     tp = TrainParams(max_steps=4, save_steps=100, per_device_train_batch_size=4, gradient_accumulation_steps=1,
                      num_generations=2, max_completion_length=16, warmup_steps=0, learning_rate=1e-3,
-                     lora={"r": 4, "alpha": 8}, rollout_engine="fast", beta=0.0)
+                     lora={"r": 4, "alpha": 8}, rollout_engine="fast", beta=0.0, compile_layers=False)
     model, tok, peft_config = load_model(mp, lora=tp.lora, seed=tp.seed)
     torch._dynamo.reset()
     counters.clear()
@@ -102,6 +102,52 @@ def test_fast_rollouts_compile_once_across_grpo_steps(tiny_model_dir, tmp_path):
                          bf16=True, engine="fast")
     assert summary["steps"] == 4
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def test_compiled_decoder_layers_train_as_eager_on_cuda(tiny_model_dir):
+    """Inductor's kernels for the checkpointed LoRA training forward and backward, in float32, against eager."""
+    from test_training import check_compiled_layers_train_as_eager
+
+    check_compiled_layers_train_as_eager(ModelParams(name=str(tiny_model_dir), backend="transformers",
+                                                     dtype="float32"), "cuda", "inductor", 1e-4)
+
+
+def test_grpo_with_compiled_layers_stops_compiling_after_warmup(tiny_model_dir, tmp_path):
+    """train.compile_layers (auto: on here) through real GRPO steps with the fast rollouts, the reference model's
+    pass (beta > 0) and gradient checkpointing: batches of new lengths reuse the graphs (dynamic shapes), so no step
+    after the second compiles anything."""
+    from torch._dynamo.utils import counters
+    from transformers import TrainerCallback
+
+    from mcgrpo.data.synthetic import make_synthetic_mc
+    from mcgrpo.fileio import write_jsonl
+    from mcgrpo.params import TrainParams
+    from mcgrpo.training import run_fingerprint, train_grpo
+
+    records = make_synthetic_mc(16, seed=3)
+    write_jsonl(tmp_path / "train.jsonl", records)
+    mp = ModelParams(name=str(tiny_model_dir), backend="transformers")
+    tp = TrainParams(max_steps=6, save_steps=100, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                     num_generations=2, max_completion_length=16, warmup_steps=0, learning_rate=1e-3,
+                     lora={"r": 4, "alpha": 8}, rollout_engine="fast", gradient_checkpointing=True)
+    graphs = []
+
+    class CountGraphs(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            graphs.append(counters["stats"]["unique_graphs"])
+
+    model, tok, peft_config = load_model(mp, lora=tp.lora, seed=tp.seed)
+    torch._dynamo.reset()
+    counters.clear()
+    summary = train_grpo(model, tok, peft_config, records, tp, checkpoints=tmp_path / "ckpt",
+                         adapter_out=tmp_path / "a", live_dir=tmp_path / "live",
+                         fingerprint=run_fingerprint(tp, mp, tmp_path / "train.jsonl"), bf16=True, engine="fast",
+                         callbacks=(CountGraphs(),))
+    assert summary["steps"] == 6 and len(graphs) == 6
+    layers = model.get_base_model().get_decoder().layers if hasattr(model, "get_base_model") else \
+        model.get_decoder().layers
+    assert all("forward" in vars(layer) for layer in layers)  # the layers did run compiled
+    assert graphs[1] > 1 and graphs[-1] == graphs[1], graphs
 
 
 def test_decode_loop_never_waits_for_the_gpu(tiny_model_dir):

@@ -394,3 +394,88 @@ def test_completion_pick_rollouts_are_options_whole_and_train(tiny_model_params,
 
     with pytest.raises(UserError, match="transformers backend"):
         rollout_engine(tp, "unsloth")
+
+
+def lora_policy_and_batches(model_params, device="cpu"):
+    """A LoRA policy with gradient checkpointing as TRL trains it, and two left-padded batches of other lengths."""
+    from mcgrpo.params import LoraParams
+
+    torch.manual_seed(0)
+    model, _, peft_config = load_model(model_params, lora=LoraParams(r=4, alpha=8), seed=0)
+    from peft import get_peft_model
+
+    model = get_peft_model(model, peft_config)
+    for name, param in model.named_parameters():  # LoRA B starts at zero: make the adapters matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model.train()
+    batches = []
+    for length, padded in ((40, 7), (29, 3)):
+        ids = torch.randint(5, model.config.vocab_size, (3, length), device=device)
+        mask = torch.ones_like(ids)
+        mask[0, :padded] = 0
+        batches.append((ids, mask))
+    return model, batches
+
+
+def loss_and_grads(model, ids, mask):
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    loss = logits.float().log_softmax(-1)[..., 3].mean()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return loss.detach(), grads
+
+
+def check_compiled_layers_train_as_eager(model_params, device, backend, tol):
+    """compile_decoder_layers gives the training forward and backward (checkpointed, LoRA) the eager loss and LoRA
+    gradients at two batch lengths, and the no-grad reference pass (adapters disabled) the eager logits."""
+    from mcgrpo.training import compile_decoder_layers
+
+    eager, batches = lora_policy_and_batches(model_params, device)
+    compiled, _ = lora_policy_and_batches(model_params, device)
+    compile_decoder_layers(compiled, backend=backend)
+    for ids, mask in batches:
+        want_loss, want = loss_and_grads(eager, ids, mask)
+        loss, grads = loss_and_grads(compiled, ids, mask)
+        assert grads.keys() == want.keys() and len(grads) > 0 and all("lora_" in name for name in grads)
+        torch.testing.assert_close(loss, want_loss, atol=tol, rtol=tol)
+        for name in want:
+            torch.testing.assert_close(grads[name], want[name], atol=tol, rtol=tol, msg=name)
+    ids, mask = batches[0]
+    with torch.no_grad(), eager.disable_adapter(), compiled.disable_adapter():
+        torch.testing.assert_close(compiled(input_ids=ids, attention_mask=mask).logits,
+                                   eager(input_ids=ids, attention_mask=mask).logits, atol=tol, rtol=tol)
+    return compiled
+
+
+def test_compiled_decoder_layers_train_as_eager_and_yield_to_rollouts(tiny_model_params):
+    """Traced by Dynamo on the CPU (the eager backend: inductor's fused kernels are the GPU test's); the fast
+    rollouts' generator routes the layers for its own calls and gives the compiled forward back."""
+    from mcgrpo.fast_generation import StaticGenerator
+
+    compiled = check_compiled_layers_train_as_eager(tiny_model_params, "cpu", "eager", 1e-5)
+    layers = compiled.get_base_model().get_decoder().layers
+    forwards = [vars(layer)["forward"] for layer in layers]
+    generator = StaticGenerator(compiled, batch_size=2, max_length=24, compile=False)
+    compiled.eval()
+    ids = torch.randint(5, 100, (2, 8))
+    generator.generate(ids, torch.ones_like(ids), max_new_tokens=4, eos_token_ids=[1], pad_token_id=0)
+    assert [vars(layer)["forward"] for layer in layers] == forwards
+
+
+def test_compile_layers_param_applies_where_it_can(monkeypatch):
+    from mcgrpo.training import compiles_layers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert compiles_layers(TrainParams(), "transformers", "fast")
+    assert not compiles_layers(TrainParams(), "transformers", "hf")  # TRL's rollouts: the layers stay eager
+    assert not compiles_layers(TrainParams(), "unsloth", "hf")
+    assert not compiles_layers(TrainParams(compile_layers=False), "transformers", "fast")
+    with pytest.raises(UserError, match="train.compile_layers=true needs the transformers backend and the fast"):
+        compiles_layers(TrainParams(compile_layers=True), "transformers", "hf_static")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not compiles_layers(TrainParams(), "transformers", "fast")  # auto: never on a CPU
+    assert compiles_layers(TrainParams(compile_layers=True), "transformers", "fast")

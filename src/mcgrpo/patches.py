@@ -124,7 +124,7 @@ def eager_attention_for_generation(model, devices=("cuda",)):
         yield
 
 
-def _transformers_model(model):
+def transformers_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformers model
 
 
@@ -132,13 +132,13 @@ def attention_implementation(model) -> str:
     """The attention implementation a (peft-wrapped or plain) transformers model runs. Private:
     config._attn_implementation (set_attn_implementation, which changes it, is public)."""
     check_version("transformers", "config._attn_implementation")
-    return _transformers_model(model).config._attn_implementation
+    return transformers_model(model).config._attn_implementation
 
 
 @contextmanager
 def attention_for_call(model, name: str | None):
     """The model runs attention implementation `name` for the duration (none given: unchanged), then the one before."""
-    base = _transformers_model(model)
+    base = transformers_model(model)
     before = attention_implementation(base)
     switch = name is not None and name != before
     if switch:

@@ -101,7 +101,8 @@ def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = (), opti
 # TrainParams fields that are the project's own, not GRPOConfig's, though a name may match one of TRL's
 # (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
 NOT_GRPO_FIELDS = {"variant", "option_order", "finetune", "lora", "rollout_engine", "grouped_attention",
-                   "merged_rollouts", "num_processes", "accelerate_config", "use_vllm", "reward_weights"}
+                   "compile_layers", "merged_rollouts", "num_processes", "accelerate_config", "use_vllm",
+                   "reward_weights"}
 
 
 def grpo_config(tp, output_dir, bf16: bool, engine: str = "hf"):
@@ -516,6 +517,43 @@ def load_policy(p, backend: str):
     return model, tokenizer, peft_config
 
 
+def _layer_forward(layer, *args, **kwargs):
+    """A decoder layer's own forward, as compile_decoder_layers compiles it (one function for every layer)."""
+    return type(layer).forward(layer, *args, **kwargs)
+
+
+def compiles_layers(tp, backend: str, engine: str) -> bool:
+    """Whether train.compile_layers compiles this run's decoder layers: auto does on CUDA with the transformers
+    backend and the fast rollouts. Other rollouts call the policy's own `generate`, whose KV caches would reach the
+    compiled layers (untested), and Unsloth compiles its own."""
+    if tp.compile_layers == "auto":
+        return backend == "transformers" and engine == "fast" and torch.cuda.is_available()
+    if tp.compile_layers and (backend != "transformers" or engine != "fast"):
+        raise UserError(f"train.compile_layers=true needs the transformers backend and the fast rollouts (this run: "
+                        f"backend {backend}, rollouts {engine}); set train.compile_layers to auto or false")
+    return bool(tp.compile_layers)
+
+
+def compile_decoder_layers(model, backend: str = "inductor") -> None:
+    """Run each decoder layer of a (peft-wrapped) transformers model through one torch.compile'd function, for
+    the training forward and backward and the no-grad log-prob passes.
+
+    Eager, a GRPO micro-batch's forward is thousands of small kernels (Gemma 3's float32 RMSNorms, the LoRA
+    matmuls and adds, casts) launched one by one from Python; the policy's forward and backward were the largest
+    part of a profiled step (benchmarks/README.md). Compiled, each layer is a few fused kernels. Dynamic shapes:
+    every batch pads to its own length, and one graph serves them all. Gradient checkpointing still wraps each
+    layer's call (transformers' GradientCheckpointingLayer.__call__), so the backward recomputes through the
+    same compiled graph. The forward is an instance attribute, which the fast rollouts' layer_forwards
+    shadows for their own calls and puts back after. `backend`: torch.compile's (tests trace with "eager").
+    """
+    from mcgrpo.patches import raise_recompile_limit, transformers_model
+
+    raise_recompile_limit(64)  # one graph per layer kind, grad mode and adapter state, guarded per layer object
+    compiled = torch.compile(_layer_forward, dynamic=True, backend=backend)
+    for layer in transformers_model(model).get_decoder().layers:
+        layer.forward = functools.partial(compiled, layer)
+
+
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
                live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "hf",
                callbacks: tuple = (), shots: list[dict] = (), backend: str = "transformers",
@@ -533,6 +571,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
 
     install_torch_logprobs()
     rewards = reward_functions(tp, reward_model_file)  # first: a skipped reward model fails before any work
+    compile_layers = compiles_layers(tp, backend, engine)
     procs = process_state()
     main = procs.is_main_process
     # The main process clears or keeps the checkpoint folder; the others look once it has decided.
@@ -574,6 +613,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     # way, and switching its implementation is untested, so its rollouts are left as they are.
     if engine in ("hf", "hf_static") and backend == "transformers":
         generate_with_eager_attention(trainer.model)
+    if compile_layers:
+        compile_decoder_layers(trainer.model)
     phases = phases or StepPhases()
     phases.attach(trainer)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
