@@ -24,11 +24,10 @@ parser.add_argument("--prompt", type=int, default=512)
 parser.add_argument("--new", type=int, default=256)
 parser.add_argument("--repeats", type=int, default=2)
 parser.add_argument("--engines", default="hf_dynamic,hf_static,static_generator,static_generator_sampling",
-                    help="also static_generator_unfused / _flex / _eager_prefill: generators with other settings "
-                         "(see STATIC)")
+                    help="also static_generator_unfused / _flex / _compiled_prefill / _flex_compiled_prefill: "
+                         "generators with other settings (see STATIC)")
 parser.add_argument("--preset", default="gemma-3-1b")
-parser.add_argument("--eager-prefill", action="store_true",
-                    help="every StaticGenerator runs its prefill eagerly (default: compiled, as eval.compile_prefill)")
+parser.add_argument("--compile-prefill", action="store_true", help="StaticGenerator compiles its prefill too")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
@@ -39,7 +38,7 @@ model.generation_config.pad_token_id = 0
 ids = torch.randint(10, config.vocab_size, (args.batch, args.prompt), device=DEVICE)
 mask = torch.ones_like(ids)
 results = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "batch": args.batch,
-           "compile_prefill": not args.eager_prefill,
+           "compile_prefill": args.compile_prefill,
            "prompt_tokens": args.prompt, "new_tokens": args.new, "engines": {}}
 print(json.dumps({k: v for k, v in results.items() if k != "engines"}), flush=True)
 
@@ -75,12 +74,12 @@ def record(name, fn, static=None):
     return out
 
 
-# StaticGenerator engines: name -> its settings over the eval stages' defaults (the prefill compiled, as
-# eval.compile_prefill: true); each its own generator, compiled on first use
+# StaticGenerator engines: name -> its settings (each its own generator, compiled on first use)
 STATIC = {"static_generator": {}, "static_generator_sampling": {},
           "static_generator_unfused": {"fuse_projections": False},
           "static_generator_flex": {"decode_attention": "flex"},
-          "static_generator_eager_prefill": {"compile_prefill": False}}
+          "static_generator_compiled_prefill": {"compile_prefill": True},
+          "static_generator_flex_compiled_prefill": {"decode_attention": "flex", "compile_prefill": True}}
 outputs, generators = {}, {}
 engines = args.engines.split(",")  # run in the order given: a run cut by a time limit keeps the first ones
 with torch.inference_mode():
@@ -94,7 +93,7 @@ with torch.inference_mode():
             continue
         if name not in STATIC:
             raise SystemExit(f"unknown engine {name!r} (known: hf_dynamic, hf_static, {', '.join(STATIC)})")
-        settings = {"compile_prefill": not args.eager_prefill, **STATIC[name]}
+        settings = {"compile_prefill": args.compile_prefill, **STATIC[name]}
         key = "static_generator" if name == "static_generator_sampling" else name  # sampling reuses the default one
         if key not in generators:
             t = time.perf_counter()

@@ -94,7 +94,7 @@ class EvalParams(Section):
 
     mode: Literal["generate", "loglik", "both"] = "both"  # loglik: option log-likelihood, no generation
     engine: Literal["auto", "hf", "fast"] = "auto"  # fast: the project's compiled static-cache decode; auto: fast on CUDA
-    compile_prefill: bool = True  # fast engine: the prefill compiled too (half its time at 1B; a longer warm-up)
+    compile_prefill: bool = False  # fast engine: the prefill compiled too (half its time at 1B, ~30 s more warm-up)
     variants: list[str] = ["direct", "cot"]
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(512, gt=0)
