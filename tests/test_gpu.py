@@ -122,6 +122,7 @@ def test_grpo_with_compiled_layers_stops_compiling_after_warmup(tiny_model_dir, 
     from mcgrpo.data.synthetic import make_synthetic_mc
     from mcgrpo.fileio import write_jsonl
     from mcgrpo.params import TrainParams
+    from mcgrpo.patches import transformers_model
     from mcgrpo.training import run_fingerprint, train_grpo
 
     records = make_synthetic_mc(16, seed=3)
@@ -144,8 +145,7 @@ def test_grpo_with_compiled_layers_stops_compiling_after_warmup(tiny_model_dir, 
                          fingerprint=run_fingerprint(tp, mp, tmp_path / "train.jsonl"), bf16=True, engine="fast",
                          callbacks=(CountGraphs(),))
     assert summary["steps"] == 6 and len(graphs) == 6
-    layers = model.get_base_model().get_decoder().layers if hasattr(model, "get_base_model") else \
-        model.get_decoder().layers
+    layers = transformers_model(model).get_decoder().layers
     assert all("forward" in vars(layer) for layer in layers)  # the layers did run compiled
     assert graphs[1] > 1 and graphs[-1] == graphs[1], graphs
 

@@ -398,12 +398,12 @@ def test_completion_pick_rollouts_are_options_whole_and_train(tiny_model_params,
 
 def lora_policy_and_batches(model_params, device="cpu"):
     """A LoRA policy with gradient checkpointing as TRL trains it, and two left-padded batches of other lengths."""
+    from peft import get_peft_model
+
     from mcgrpo.params import LoraParams
 
     torch.manual_seed(0)
     model, _, peft_config = load_model(model_params, lora=LoraParams(r=4, alpha=8), seed=0)
-    from peft import get_peft_model
-
     model = get_peft_model(model, peft_config)
     for name, param in model.named_parameters():  # LoRA B starts at zero: make the adapters matter
         if "lora_B" in name:

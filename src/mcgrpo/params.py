@@ -165,7 +165,7 @@ class TrainParams(Section):
     rollout_engine: Literal["auto", "fast", "hf", "hf_static", "hf_continuous"] = "auto"
     grouped_attention: bool = False  # the training forward's attention: grouped-query SDPA (fast rollouts always are)
     # the policy's decoder layers compiled (torch.compile, dynamic shapes) for the training forward and backward:
-    # auto compiles on CUDA under the transformers backend (Unsloth compiles its own), never on a CPU
+    # auto compiles on CUDA with the transformers backend and the fast rollouts (training.compiles_layers)
     compile_layers: bool | Literal["auto"] = "auto"
     # fast rollouts sample from a copy of the LoRA-adapted weights with the adapters merged in, refreshed every
     # rollout: no LoRA matmuls in the decode step, for one more copy of those weights in memory

@@ -548,7 +548,7 @@ def compile_decoder_layers(model, backend: str = "inductor") -> None:
     """
     from mcgrpo.patches import raise_recompile_limit, transformers_model
 
-    raise_recompile_limit(64)  # one graph per layer kind, grad mode and adapter state, guarded per layer object
+    raise_recompile_limit(64)  # a graph per layer kind, grad mode and adapter state, each a recompile of one function
     compiled = torch.compile(_layer_forward, dynamic=True, backend=backend)
     for layer in transformers_model(model).get_decoder().layers:
         layer.forward = functools.partial(compiled, layer)
