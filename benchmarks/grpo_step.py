@@ -8,6 +8,8 @@ never stop early: the worst case):
   LoRA, the rollout engine `auto` picks, gradient checkpointing), `--set section.key=value` overriding params;
 - pipeline_lora_rollouts: the same with train.merged_rollouts false (the fast rollouts read the LoRA layers);
 - pipeline_eager_layers: the same with train.compile_layers false (the training forward and backward eager);
+- pipeline_no_cudnn / pipeline_cudnn: the same with train.cudnn_attention false / true (SDPA without or with its
+  cuDNN backend in training and the rollouts' prefill);
 - unsloth: the same through model.backend unsloth (GPU with unsloth installed; TRL's rollouts, as auto then picks);
 - trl_defaults: TRL's GRPOTrainer with GRPOConfig's defaults and only the shape set (full fine-tuning, TRL's rollouts
   through model.generate), the same reward functions and prompts.
@@ -50,15 +52,11 @@ parser.add_argument("--paths", default="pipeline,trl_defaults")
 parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a params override, as with `dvc exp run -S` (repeatable): both paths take the model, "
                          "prompt variant and reward weights from the params; only the pipeline takes the rest of train")
-parser.add_argument("--no-cudnn-sdpa", action="store_true",
-                    help="turn off PyTorch's cuDNN attention backend (it builds a graph for every new input shape)")
 parser.add_argument("--profile", action="store_true",
                     help="the pipeline paths run one more step under torch.profiler (left out of the rates): GPU kernel "
                          "time against the step's wall time, the top kernels and the top host ops")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
-if args.no_cudnn_sdpa:
-    torch.backends.cuda.enable_cudnn_sdp(False)
 
 completions = args.prompts * args.generations
 if completions % args.micro_batch:
@@ -110,7 +108,7 @@ class StepClock:
 
 def summarise_profile(prof, wall_s: float, top: int = 15) -> dict:
     """GPU kernel seconds against the step's wall time (far below it: the host or syncs are the limit), the kernels
-    that take longest, and the host ops with the most self time."""
+    that take longest, the host ops with the most self time, and where the GPU sat idle (idle_gaps)."""
     from collections import defaultdict
 
     per_kernel = defaultdict(lambda: [0.0, 0])
@@ -124,7 +122,46 @@ def summarise_profile(prof, wall_s: float, top: int = 15) -> dict:
             "top_kernels": [{"kernel": name[:90], "ms": round(t / 1000, 1), "calls": n}
                             for name, (t, n) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]],
             "top_host_ops": [{"op": e.key[:60], "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1),
-                              "calls": e.count} for e in host]}
+                              "calls": e.count} for e in host],
+            **idle_gaps(prof)}
+
+
+def idle_gaps(prof, top: int = 12) -> dict:
+    """Where the GPU had nothing to run during the profiled step: its idle time (gaps between device activity) by
+    the phase the host was in (the "mcgrpo.<method>" ranges of patches.time_trainer_method; "other" is the
+    optimizer and the trainer's own work), and the longest gaps with the innermost host op running at their
+    midpoint (what the host was doing instead of queuing work)."""
+    events = prof.events()
+    busy = sorted((e.time_range.start, e.time_range.end) for e in events
+                  if e.device_type == torch.autograd.DeviceType.CUDA)
+    if not busy:
+        return {}
+    gaps, end = [], busy[0][1]
+    for start, stop in busy[1:]:
+        if start > end:
+            gaps.append((end, start))
+        end = max(end, stop)
+    host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    phases = [e for e in host if e.name.startswith("mcgrpo.")]
+
+    def innermost(events, t):
+        covering = [e for e in events if e.time_range.start <= t <= e.time_range.end]
+        return min(covering, key=lambda e: e.time_range.end - e.time_range.start).name if covering else "none"
+
+    def phase_at(t):
+        name = innermost(phases, t)
+        return "other" if name == "none" else name.removeprefix("mcgrpo.")
+
+    by_phase = {}
+    for start, stop in gaps:
+        phase = phase_at((start + stop) / 2)
+        by_phase[phase] = by_phase.get(phase, 0.0) + (stop - start) / 1e6
+    longest = sorted(gaps, key=lambda g: g[0] - g[1])[:top]
+    return {"gpu_idle_s": round(sum(stop - start for start, stop in gaps) / 1e6, 3),
+            "gpu_idle_s_by_phase": {k: round(v, 3) for k, v in sorted(by_phase.items(), key=lambda kv: -kv[1])},
+            "longest_idle_gaps": [{"ms": round((stop - start) / 1000, 2),
+                                   "phase": phase_at((start + stop) / 2),
+                                   "host_op": innermost(host, (start + stop) / 2)[:60]} for start, stop in longest]}
 
 
 def figures(seconds: list[float], phases: StepPhases, clock: StepClock | None = None) -> dict:
@@ -160,7 +197,7 @@ def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transf
                          adapter_out=run / "adapter", live_dir=run / "live", fingerprint={"benchmark": 1},
                          bf16=bf16, engine=engine, callbacks=(clock.callback,), phases=phases)
     return {"backend": backend, "rollout_engine": engine, "merged_rollouts": train.merged_rollouts,
-            "compiled_layers": compiles_layers(train, backend, engine),
+            "compiled_layers": compiles_layers(train, backend, engine), "cudnn_attention": train.cudnn_attention,
             "finetune": p.train.finetune,
             "gradient_checkpointing": p.train.gradient_checkpointing,
             "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),
@@ -187,11 +224,13 @@ def run_trl_defaults() -> dict:
 runs = {"pipeline": lambda: run_pipeline("pipeline"),
         "pipeline_lora_rollouts": lambda: run_pipeline("pipeline_lora_rollouts", merged_rollouts=False),
         "pipeline_eager_layers": lambda: run_pipeline("pipeline_eager_layers", compile_layers=False),
+        "pipeline_no_cudnn": lambda: run_pipeline("pipeline_no_cudnn", cudnn_attention=False),
+        "pipeline_cudnn": lambda: run_pipeline("pipeline_cudnn", cudnn_attention=True),
         "unsloth": lambda: run_pipeline("unsloth", backend="unsloth"), "trl_defaults": run_trl_defaults}
 result = {"machine": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
           "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "variant": p.train.variant,
           "tokenizer": "official Gemma 3" if args.tokenizer else "trained on the questions",
-          "completions_per_step": completions, "cudnn_sdpa": not args.no_cudnn_sdpa, **shape,
+          "completions_per_step": completions, **shape,
           "reward_weights": p.train.reward_weights, "overrides": args.set,
           "paths": {}}
 for name in args.paths.split(","):

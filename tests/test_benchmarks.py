@@ -63,7 +63,7 @@ def test_decode_and_training_scripts(tmp_path, questions):
         "grpo_step": command("grpo_step.py", "--race", questions, "--preset", "tiny", "--steps", 2, "--warmup", 1,
                              "--prompts", 2, "--generations", 2, "--new", 4, "--micro-batch", 2,
                              "--set", "train.variant=completion_direct", "--set", "train.reward_weights.format=0",
-                             "--paths", "pipeline,pipeline_lora_rollouts,trl_defaults", "--no-cudnn-sdpa", "--profile",
+                             "--paths", "pipeline,pipeline_lora_rollouts,pipeline_no_cudnn,trl_defaults", "--profile",
                              "--out", out / "grpo_step.json"),
         "learnability": command("learnability.py", "--preset", "tiny", "--steps", 2, "--prompts", 2, "--completion-tokens", 4,
                                 "--warm-start-steps", 2, "--out", out / "learnability", "--work", tmp_path / "work"),
@@ -84,8 +84,9 @@ def test_decode_and_training_scripts(tmp_path, questions):
     rows = [json.loads(line) for line in (out / "sample.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and {"context", "question", "options", "answer"} <= set(rows[0])
     step = json.loads((out / "grpo_step.json").read_text())
-    assert set(step["paths"]) == {"pipeline", "pipeline_lora_rollouts", "trl_defaults"}
-    assert step["variant"] == "completion_direct" and step["cudnn_sdpa"] is False
+    assert set(step["paths"]) == {"pipeline", "pipeline_lora_rollouts", "pipeline_no_cudnn", "trl_defaults"}
+    assert step["variant"] == "completion_direct"
+    assert step["paths"]["pipeline"]["cudnn_attention"] and not step["paths"]["pipeline_no_cudnn"]["cudnn_attention"]
     assert step["paths"]["pipeline"]["merged_rollouts"] and not step["paths"]["pipeline_lora_rollouts"]["merged_rollouts"]
     assert step["paths"]["pipeline"]["compiled_layers"] is False  # auto: compiled on CUDA only
     assert step["reward_weights"]["format"] == 0  # a nested --set reached the params

@@ -231,6 +231,35 @@ def test_flex_decode_attention_equals_hf_through_the_ring(device):
         StaticGenerator(model, batch_size=3, max_length=45, decode_attention="paged")
 
 
+@pytest.mark.parametrize("device,compile", [("cpu", False), pytest.param("cuda", True, marks=pytest.mark.gpu)])
+def test_repeated_prompts_are_prefilled_once_and_equal_hf_generate(device, compile):
+    """GRPO's rollouts hold num_generations copies of each prompt: the prefill runs each distinct prompt once and
+    spreads its K/V to every row that repeats it (through the sliding ring and the full cache), with HF's greedy
+    tokens on the whole batch; sampled copies still draw apart. On CUDA: compiled layers, a compiled prefill and
+    CUDA graphs."""
+    from mcgrpo.fast_generation import distinct_rows
+
+    model, ids, mask = ring_test_model()
+    order = torch.tensor([0, 1, 2, 0, 1, 2, 1])
+    ids, mask = ids[order].to(device), mask[order].to(device)
+    model = model.to(device)
+    first, spread = distinct_rows(ids, mask)
+    assert torch.equal(ids[first][spread], ids) and sorted(first.tolist()) == [0, 1, 2]
+    assert distinct_rows(ids[:3], mask[:3]) == (None, None)
+    reference = hf_greedy(model, {"input_ids": ids, "attention_mask": mask}, 20, [], 0)
+    torch._dynamo.reset()
+    generator = StaticGenerator(model, batch_size=8, max_length=25 + 20, compile=compile, compile_prefill=compile)
+    prefill_rows = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda module, args, out: prefill_rows.append(args[0].shape[0]) if args[0].shape[1] > 1 else None)
+    assert torch.equal(generator.generate(ids, mask, max_new_tokens=20, eos_token_ids=[], pad_token_id=0), reference)
+    hook.remove()
+    assert prefill_rows == [4]  # 3 distinct prompts and the one distinct padding row of the 8-row batch
+    sampled = generator.generate(ids, mask, max_new_tokens=20, eos_token_ids=[], pad_token_id=0, temperature=1.0,
+                                 generator=torch.Generator(device).manual_seed(0))
+    assert not torch.equal(sampled[0], sampled[3]) and not torch.equal(sampled[1], sampled[6])
+
+
 def test_prompts_are_tokenized_once_and_left_padded(model_and_tokenizer, records, monkeypatch):
     """generate takes texts or their ids (the eval stage tokenizes each variant once for the generator's size and
     every batch); both give the same answers, and ids are left-padded."""

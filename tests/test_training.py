@@ -32,7 +32,7 @@ def tiny_train_params(**kw):
                           "lora": {"r": 4, "alpha": 8}, **kw})
 
 
-def run(tiny_model_params, tmp_path, tp, records, reward_model_file=None, engine="hf"):
+def run(tiny_model_params, tmp_path, tp, records, reward_model_file=None, engine="hf", callbacks=()):
     full = tp.finetune == "full"
     model, tok, peft_config = load_model(tiny_model_params, lora=None if full else tp.lora, seed=tp.seed,
                                          full_finetune=full)
@@ -40,7 +40,7 @@ def run(tiny_model_params, tmp_path, tp, records, reward_model_file=None, engine
     return train_grpo(model, tok, peft_config, records, tp, checkpoints=tmp_path / "ckpt",
                       adapter_out=tmp_path / "adapter", live_dir=tmp_path / "live",
                       fingerprint=run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl", reward_model_file),
-                      bf16=False, reward_model_file=reward_model_file, engine=engine)
+                      bf16=False, reward_model_file=reward_model_file, engine=engine, callbacks=callbacks)
 
 
 def steps_logged(live_dir):
@@ -207,10 +207,21 @@ def test_fast_rollouts_are_the_policys_own_tokens(tiny_model_params, tmp_path):
 
 
 def test_grpo_with_fast_rollouts_trains_and_resumes(tiny_model_params, tmp_path):
+    from transformers import TrainerCallback
+
+    cudnn_during_steps = []
+
+    class RecordCudnn(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            cudnn_during_steps.append(torch.backends.cuda.cudnn_sdp_enabled())
+
     records = make_synthetic_mc(8, seed=2)
-    tp = tiny_train_params(rollout_engine="fast", gradient_checkpointing=True)
-    summary = run(tiny_model_params, tmp_path, tp, records, engine="fast")
+    tp = tiny_train_params(rollout_engine="fast", gradient_checkpointing=True, cudnn_attention=False)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    summary = run(tiny_model_params, tmp_path, tp, records, engine="fast", callbacks=(RecordCudnn(),))
     assert summary["steps"] == 4 and steps_logged(tmp_path / "live") == [1, 2, 3, 4]
+    # train.cudnn_attention false: SDPA's cuDNN backend is off for the run's steps only
+    assert cudnn_during_steps == [False] * 4 and torch.backends.cuda.cudnn_sdp_enabled()
     # the rollouts' share of a step is reported (the compiling first call left out)
     assert 0 < summary["rollout_time_s_last10"] < summary["step_time_s_last10"]
     shutil.rmtree(tmp_path / "ckpt" / "checkpoint-4")

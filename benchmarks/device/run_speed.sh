@@ -14,7 +14,7 @@
 # step through model.backend unsloth), in its own process, with unsloth's wheels installed by a call before into
 # /tmp/site-unsloth (carrying .whl-unsloth from `bash ../shared/device/wheels.sh unsloth`):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site-unsloth .whl-unsloth/*.whl
-# SPEED_ENGINES and SPEED_PATHS pick generation.py's engines and grpo_step.py's paths.
+# SPEED_ENGINES and SPEED_PATHS pick generation.py's engines and grpo_step.py's paths; SPEED_GRPO_STEPS its steps.
 set -uo pipefail
 SPEED_PARTS=${SPEED_PARTS:-decode,grpo,baseline}
 mkdir -p /tmp/speed/out /tmp/site
@@ -37,8 +37,9 @@ profile() {
   timeout 300 python3 benchmarks/decode_variants.py --variants grouped,max_autotune --budget-s 200 \
     --out $out/decode_variants.json > $out/decode_variants.log 2>&1; echo "rc $?"; tail -3 $out/decode_variants.log
 }
-grpo() {
-  timeout 540 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok --steps 5 \
+grpo() {  # TORCH_LOGS=recompiles: the log says what recompiled, and why, in which step
+  TORCH_LOGS=recompiles timeout 540 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok \
+    --steps "${SPEED_GRPO_STEPS:-5}" \
     --paths "${SPEED_PATHS:-pipeline,trl_defaults}" --profile --out $out/grpo_step.json > $out/grpo_step.log 2>&1; echo "rc $?"
   tail -2 $out/grpo_step.log
 }

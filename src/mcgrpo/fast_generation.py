@@ -12,6 +12,7 @@ not supported: callers fall back to `generate`. Answers constrained to the optio
 mcgrpo.constrained) run inside the same step.
 """
 
+import contextlib
 import copy
 import functools
 
@@ -148,6 +149,8 @@ class LayerCache:
     `position` is the generator's step position (a tensor at a fixed address, so a CUDA graph replays writes
     to the right slot). A multi-token update is a prefill from position 0: it returns the prompt's own K/V
     (the prefill attends over the prompt, not the empty rest of the cache) and stores what later steps see.
+    While `spread` is set (a prefill of distinct prompts only: StaticGenerator._prefill), cache row i stores the
+    prefilled row spread[i].
     """
 
     is_compileable = True
@@ -155,7 +158,7 @@ class LayerCache:
     def __init__(self, batch_size, kv_heads, slots, head_dim, dtype, device, position: torch.Tensor):
         self.keys = torch.zeros(batch_size, kv_heads, slots, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros(batch_size, kv_heads, slots, head_dim, dtype=dtype, device=device)
-        self.slots, self.position = slots, position
+        self.slots, self.position, self.spread = slots, position, None
         torch._dynamo.mark_static_address(self.keys)  # written in place by every replay of the CUDA graph
         torch._dynamo.mark_static_address(self.values)
 
@@ -164,8 +167,11 @@ class LayerCache:
         if length > 1:
             keep = min(length, n)
             slots = torch.arange(length - keep, length, device=key.device) % n
-            self.keys.index_copy_(2, slots, key[:, :, length - keep:])
-            self.values.index_copy_(2, slots, value[:, :, length - keep:])
+            stored_keys, stored_values = key[:, :, length - keep:], value[:, :, length - keep:]
+            if self.spread is not None:
+                stored_keys, stored_values = stored_keys[self.spread], stored_values[self.spread]
+            self.keys.index_copy_(2, slots, stored_keys)
+            self.values.index_copy_(2, slots, stored_values)
             return key, value
         slot = self.position % n
         self.keys.index_copy_(2, slot, key)
@@ -187,6 +193,32 @@ class DecodeCache:
 
     def update(self, key, value, layer_idx, *args, **kwargs):
         return self.layers[layer_idx].update(key, value)
+
+    @contextlib.contextmanager
+    def spreading(self, spread: torch.Tensor | None):
+        """Within: a prefill's row j fills every cache row i with spread[i] == j (None: row i fills row i)."""
+        for layer in self.layers:
+            layer.spread = spread
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.spread = None
+
+
+def distinct_rows(ids: torch.Tensor, mask: torch.Tensor):
+    """(first, spread) for a batch of prompts where some rows repeat: the index of the first row of each distinct
+    (ids, mask) row, and for every row which of those it is (first[spread] repeats each row's prompt); (None, None)
+    when every row is distinct. GRPO's rollouts hold num_generations copies of each prompt, so the prefill runs one
+    copy each and the cache spreads it (a sync: the count of distinct rows sizes the prefill)."""
+    rows = torch.cat([ids, mask.to(ids.dtype)], dim=1)
+    distinct, spread = torch.unique(rows, dim=0, return_inverse=True)
+    if distinct.shape[0] == rows.shape[0]:
+        return None, None
+    order = torch.arange(rows.shape[0], device=ids.device)
+    first = torch.full((distinct.shape[0],), rows.shape[0], device=ids.device).scatter_reduce_(0, spread, order,
+                                                                                                 "amin")
+    return first, spread
 
 
 def _is_lora_linear(module) -> bool:
@@ -623,11 +655,18 @@ class StaticGenerator:
         return refill
 
     def _prefill(self, ids, n: int, pad_token_id: int, eos, noise):
-        """The prompts through the model into the cache; the first new tokens, and which rows have finished."""
+        """The prompts through the model into the cache (each distinct prompt once: distinct_rows); the first new
+        tokens, and which rows have finished."""
         prompt_len = ids.shape[1]
         mask = self._mask[:, :prompt_len]
         positions = _positions(mask)
-        logits = self._forward(ids, prefill_masks(mask, self.kinds, self.window), positions, self._prefill_layer)
+        first, spread = distinct_rows(ids, mask)
+        if first is None:
+            logits = self._forward(ids, prefill_masks(mask, self.kinds, self.window), positions, self._prefill_layer)
+        else:  # each distinct prompt once, its K/V spread to every row that repeats it
+            with self.cache.spreading(spread):
+                logits = self._forward(ids[first], prefill_masks(mask[first], self.kinds, self.window),
+                                       positions[first], self._prefill_layer)[spread]
         finished = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
         finished[n:] = True
         tokens = torch.where(finished, pad_token_id,

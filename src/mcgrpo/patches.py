@@ -59,14 +59,18 @@ def time_trainer_method(trainer, name: str, record, clock) -> None:
     `record(name, seconds)`. Private: GRPOTrainer._generate (the rollouts: sampling only) and
     GRPOTrainer._generate_and_score_completions (rollouts, rewards, advantages and the no-grad log-prob passes); the
     public training_step (one micro-batch's forward and backward, and the generation when it is due) is timed the
-    same way."""
+    same way. Each call is also a profiler range named "mcgrpo.<name>", which benchmarks/grpo_step.py reads to say
+    in which phase the GPU sat idle."""
+    import torch
+
     check_version("trl", f"GRPOTrainer.{name}")
     plain = getattr(trainer, name)
 
     @functools.wraps(plain)
     def timed(*args, **kwargs):
         start = clock()
-        out = plain(*args, **kwargs)
+        with torch.profiler.record_function(f"mcgrpo.{name}"):
+            out = plain(*args, **kwargs)
         record(name, clock() - start)
         return out
 

@@ -4,6 +4,7 @@ Checkpoints live in a DVC `persist: true` folder. A rerun with the same params a
 from the last complete checkpoint; any change starts afresh, so a stale run is never continued.
 """
 
+import contextlib
 import csv
 import functools
 import importlib.util
@@ -101,8 +102,8 @@ def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = (), opti
 # TrainParams fields that are the project's own, not GRPOConfig's, though a name may match one of TRL's
 # (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
 NOT_GRPO_FIELDS = {"variant", "option_order", "finetune", "lora", "rollout_engine", "grouped_attention",
-                   "compile_layers", "merged_rollouts", "num_processes", "accelerate_config", "use_vllm",
-                   "reward_weights"}
+                   "compile_layers", "cudnn_attention", "merged_rollouts", "num_processes", "accelerate_config",
+                   "use_vllm", "reward_weights"}
 
 
 def grpo_config(tp, output_dir, bf16: bool, engine: str = "hf"):
@@ -554,6 +555,17 @@ def compile_decoder_layers(model, backend: str = "inductor") -> None:
         layer.forward = functools.partial(compiled, layer)
 
 
+def attention_backends(cudnn: bool):
+    """A context in which SDPA may use every backend (cudnn true), or every one but cuDNN's (train.cudnn_attention
+    false). cuDNN's attention builds an execution plan for each new input shape, and sometimes compiles a kernel for
+    it; GRPO's micro-batches and rollout prefills pad to a new length every step (benchmarks/README.md)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if cudnn:
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
                live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "hf",
                callbacks: tuple = (), shots: list[dict] = (), backend: str = "transformers",
@@ -617,7 +629,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
         compile_decoder_layers(trainer.model)
     phases = phases or StepPhases()
     phases.attach(trainer)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with attention_backends(tp.cudnn_attention):
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if main:
         with atomic_path(adapter_out) as tmp:
             trainer.model.save_pretrained(tmp)
