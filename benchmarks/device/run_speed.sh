@@ -38,7 +38,7 @@ profile() {
     --out $out/decode_variants.json > $out/decode_variants.log 2>&1; echo "rc $?"; tail -3 $out/decode_variants.log
 }
 grpo() {  # TORCH_LOGS=recompiles: the log says what recompiled, and why, in which step
-  TORCH_LOGS=recompiles timeout 540 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok \
+  TORCH_LOGS=recompiles timeout 720 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok \
     --steps "${SPEED_GRPO_STEPS:-5}" \
     --paths "${SPEED_PATHS:-pipeline,trl_defaults}" --profile --out $out/grpo_step.json > $out/grpo_step.log 2>&1; echo "rc $?"
   tail -2 $out/grpo_step.log
@@ -51,7 +51,7 @@ baseline() {
 gputests() {  # the GPU tests of the fast engine and the rollouts (CUDA graphs, which the CPU tests cannot cover)
   timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_fast_generation.py \
     tests/test_constrained.py \
-    -k "${SPEED_TESTS:-merged or rollouts or matches_hf or flex or engines_write or compiled}" \
+    -k "${SPEED_TESTS:-merged or rollouts or matches_hf or flex or engines_write or compiled or repeated}" \
     > $out/gpu_tests.log 2>&1; echo "rc $?"; tail -3 $out/gpu_tests.log
 }
 unsloth() {  # the first steps compile for minutes (212 s and 116 s on 2026-12-01), so two warm-up steps
