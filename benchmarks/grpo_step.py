@@ -14,7 +14,11 @@ never stop early: the worst case):
 - trl_defaults: TRL's GRPOTrainer with GRPOConfig's defaults and only the shape set (full fine-tuning, TRL's rollouts
   through model.generate), the same reward functions and prompts.
 Each records every step's seconds (GPU-synced), completions per second over the steps after --warmup, the step's
-split into phases (mcgrpo.training.StepPhases) and peak GPU memory; the JSON ends with the speed-up.
+split into phases (mcgrpo.training.StepPhases), peak GPU memory and the phases after which that peak rose; the JSON
+ends with the speed-up. Paths in one process share what cannot be reset between them: cuDNN's execution plans and
+inductor's caches (torch._dynamo.reset() runs between paths, so none reuses another's compiled graphs). A later
+pipeline path's first steps are then warm, and a path after pipeline_cudnn meets plans built for the same shapes:
+compare pipeline variants in processes of their own (benchmarks/device/run_speed.sh does).
 
     python benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer tokenizer.json --out $OUT/grpo_step.json
 """
@@ -164,7 +168,28 @@ def idle_gaps(prof, top: int = 12) -> dict:
                                    "host_op": innermost(host, (start + stop) / 2)[:60]} for start, stop in longest]}
 
 
-def figures(seconds: list[float], phases: StepPhases, clock: StepClock | None = None) -> dict:
+class MemoryPhases(StepPhases):
+    """StepPhases that also notes the process's peak GPU memory at the end of each timed call: the calls after which
+    it rose say in which phase of which step the peak is reached, and what was allocated then."""
+
+    PHASE_OF = {"_generate": "rollouts", "_generate_and_score_completions": "rewards_and_reference",
+                "training_step": "policy_forward_backward", "optimizer": "optimizer"}
+
+    def __init__(self):
+        super().__init__()
+        self.peak_rises = []
+
+    def _add(self, name: str, seconds: float) -> None:
+        super()._add(name, seconds)
+        if not torch.cuda.is_available():
+            return
+        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if not self.peak_rises or peak > self.peak_rises[-1]["peak_gib"]:
+            self.peak_rises.append({"step": len(self.steps) + 1, "phase": self.PHASE_OF[name], "peak_gib": peak,
+                                    "allocated_after_gib": round(torch.cuda.memory_allocated() / 2**30, 2)})
+
+
+def figures(seconds: list[float], phases: MemoryPhases, clock: StepClock | None = None) -> dict:
     """Rates over the steps after --warmup (all of them when there are no more), without a profiled step."""
     per_step = phases.per_step()
     profile = clock.profile if clock else None
@@ -179,7 +204,7 @@ def figures(seconds: list[float], phases: StepPhases, clock: StepClock | None = 
             "step_phases_s": [{k: round(v, 3) for k, v in step.items()} for step in per_step],
             **({"profiled_step": profile} if profile else {}),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available()
-            else None}
+            else None, "peak_rises": phases.peak_rises}
 
 
 def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transformers", **train_update) -> dict:
@@ -191,7 +216,7 @@ def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transf
                                        "max_steps": p.train.max_steps + args.profile, **train_update})
     model, tokenizer, peft_config = load_policy(p, backend)
     engine = rollout_engine(train, backend)
-    clock, phases = StepClock(profile_step=train.max_steps if args.profile else None), StepPhases()
+    clock, phases = StepClock(profile_step=train.max_steps if args.profile else None), MemoryPhases()
     run = work / name  # a fresh run each: no resume
     summary = train_grpo(model, tokenizer, peft_config, records, train, checkpoints=run / "checkpoints",
                          adapter_out=run / "adapter", live_dir=run / "live", fingerprint={"benchmark": 1},
@@ -213,7 +238,7 @@ def run_trl_defaults() -> dict:
                         reward_weights=[w for w in p.train.reward_weights.values() if w])
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(p.train), args=config, processing_class=tokenizer,
                           train_dataset=grpo_dataset(records, p.train.variant))
-    clock, phases = StepClock(), StepPhases()
+    clock, phases = StepClock(), MemoryPhases()
     trainer.add_callback(clock.callback)
     phases.attach(trainer)
     trainer.train()
@@ -237,6 +262,7 @@ for name in args.paths.split(","):
     if name not in runs:
         parser.error(f"--paths: unknown path {name!r} (known: {', '.join(runs)})")
     print(f"== {name}", flush=True)
+    torch._dynamo.reset()  # no path runs on the graphs another compiled
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

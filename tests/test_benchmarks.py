@@ -63,7 +63,7 @@ def test_decode_and_training_scripts(tmp_path, questions):
         "grpo_step": command("grpo_step.py", "--race", questions, "--preset", "tiny", "--steps", 2, "--warmup", 1,
                              "--prompts", 2, "--generations", 2, "--new", 4, "--micro-batch", 2,
                              "--set", "train.variant=completion_direct", "--set", "train.reward_weights.format=0",
-                             "--paths", "pipeline,pipeline_lora_rollouts,pipeline_no_cudnn,trl_defaults", "--profile",
+                             "--paths", "pipeline,pipeline_lora_rollouts,pipeline_cudnn,trl_defaults", "--profile",
                              "--out", out / "grpo_step.json"),
         "learnability": command("learnability.py", "--preset", "tiny", "--steps", 2, "--prompts", 2, "--completion-tokens", 4,
                                 "--warm-start-steps", 2, "--out", out / "learnability", "--work", tmp_path / "work"),
@@ -84,9 +84,9 @@ def test_decode_and_training_scripts(tmp_path, questions):
     rows = [json.loads(line) for line in (out / "sample.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and {"context", "question", "options", "answer"} <= set(rows[0])
     step = json.loads((out / "grpo_step.json").read_text())
-    assert set(step["paths"]) == {"pipeline", "pipeline_lora_rollouts", "pipeline_no_cudnn", "trl_defaults"}
+    assert set(step["paths"]) == {"pipeline", "pipeline_lora_rollouts", "pipeline_cudnn", "trl_defaults"}
     assert step["variant"] == "completion_direct"
-    assert step["paths"]["pipeline"]["cudnn_attention"] and not step["paths"]["pipeline_no_cudnn"]["cudnn_attention"]
+    assert not step["paths"]["pipeline"]["cudnn_attention"] and step["paths"]["pipeline_cudnn"]["cudnn_attention"]
     assert step["paths"]["pipeline"]["merged_rollouts"] and not step["paths"]["pipeline_lora_rollouts"]["merged_rollouts"]
     assert step["paths"]["pipeline"]["compiled_layers"] is False  # auto: compiled on CUDA only
     assert step["reward_weights"]["format"] == 0  # a nested --set reached the params
@@ -94,7 +94,7 @@ def test_decode_and_training_scripts(tmp_path, questions):
         assert len(path["step_s"]) == 2 and path["completions_per_s"] > 0
         assert set(path["step_phases_s_after_warmup"]) == {"rollouts", "rewards_and_reference", "policy_forward_backward",
                                                      "optimizer"}
-        assert len(path["step_phases_s"]) == 2
+        assert len(path["step_phases_s"]) == 2 and path["peak_rises"] == []  # GPU memory: none on CPU
     assert step["paths"]["pipeline"]["rollout_engine"] == "fast" and step["speedup_vs_trl_defaults"] > 0
     profiled = step["paths"]["pipeline"]["profiled_step"]  # a third step, left out of step_s
     assert profiled["wall_s"] > 0 and profiled["top_host_ops"] and "profiled_step" not in step["paths"]["trl_defaults"]

@@ -14,7 +14,8 @@
 # step through model.backend unsloth), in its own process, with unsloth's wheels installed by a call before into
 # /tmp/site-unsloth (carrying .whl-unsloth from `bash ../shared/device/wheels.sh unsloth`):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site-unsloth .whl-unsloth/*.whl
-# SPEED_ENGINES and SPEED_PATHS pick generation.py's engines and grpo_step.py's paths; SPEED_GRPO_STEPS its steps.
+# SPEED_ENGINES picks generation.py's engines; SPEED_GRPO_RUNS grpo_step.py's processes and paths (see grpo), SPEED_GRPO_STEPS
+# their steps.
 set -uo pipefail
 SPEED_PARTS=${SPEED_PARTS:-decode,grpo,baseline}
 mkdir -p /tmp/speed/out /tmp/site
@@ -37,11 +38,18 @@ profile() {
   timeout 300 python3 benchmarks/decode_variants.py --variants grouped,max_autotune --budget-s 200 \
     --out $out/decode_variants.json > $out/decode_variants.log 2>&1; echo "rc $?"; tail -3 $out/decode_variants.log
 }
-grpo() {  # TORCH_LOGS=recompiles: the log says what recompiled, and why, in which step
-  TORCH_LOGS=recompiles timeout 720 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok \
-    --steps "${SPEED_GRPO_STEPS:-5}" \
-    --paths "${SPEED_PATHS:-pipeline,trl_defaults}" --profile --out $out/grpo_step.json > $out/grpo_step.log 2>&1; echo "rc $?"
-  tail -2 $out/grpo_step.log
+grpo() {  # one process per ';'-separated run of SPEED_GRPO_RUNS ("paths [more grpo_step.py arguments]"): pipeline
+  # variants in one process would share cuDNN's plans and inductor's caches. TORCH_LOGS=recompiles: the log says what
+  # recompiled, and why, in which step
+  local i=0 run
+  IFS=';' read -ra runs <<< "${SPEED_GRPO_RUNS:-pipeline,trl_defaults;pipeline_cudnn}"
+  for run in "${runs[@]}"; do
+    i=$((i + 1)); stamp "grpo $i: $run"
+    # shellcheck disable=SC2086  # the run's extra arguments split on spaces
+    TORCH_LOGS=recompiles timeout 720 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok \
+      --steps "${SPEED_GRPO_STEPS:-5}" --profile --paths $run --out $out/grpo_step_$i.json > $out/grpo_step_$i.log 2>&1
+    echo "rc $?"; tail -2 $out/grpo_step_$i.log
+  done
 }
 baseline() {
   timeout 420 python3 benchmarks/real_scale.py --race .bench/race_test_full.jsonl --race-train .bench/race_train64.jsonl \

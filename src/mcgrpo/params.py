@@ -167,10 +167,10 @@ class TrainParams(Section):
     # the policy's decoder layers compiled (torch.compile, dynamic shapes) for the training forward and backward:
     # auto compiles on CUDA with the transformers backend and the fast rollouts (training.compiles_layers)
     compile_layers: bool | Literal["auto"] = "auto"
-    # SDPA's cuDNN backend for the training forward/backward and the rollouts' prefill; false leaves it out
-    # (training.attention_backends): cuDNN builds an execution plan for each new input shape, and GRPO's batches pad
-    # to a new length every step
-    cudnn_attention: bool = True
+    # SDPA's cuDNN backend for the training forward/backward and the rollouts' prefill (training.attention_backends).
+    # Off by default: cuDNN builds an execution plan (at times a kernel) for each new input shape, and GRPO's batches
+    # pad to a new length every step, which cost seconds in most steps on an H200 (benchmarks/README.md)
+    cudnn_attention: bool = False
     # fast rollouts sample from a copy of the LoRA-adapted weights with the adapters merged in, refreshed every
     # rollout: no LoRA matmuls in the decode step, for one more copy of those weights in memory
     merged_rollouts: bool = True

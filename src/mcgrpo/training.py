@@ -556,9 +556,11 @@ def compile_decoder_layers(model, backend: str = "inductor") -> None:
 
 
 def attention_backends(cudnn: bool):
-    """A context in which SDPA may use every backend (cudnn true), or every one but cuDNN's (train.cudnn_attention
-    false). cuDNN's attention builds an execution plan for each new input shape, and sometimes compiles a kernel for
-    it; GRPO's micro-batches and rollout prefills pad to a new length every step (benchmarks/README.md)."""
+    """A context in which SDPA may use every backend (train.cudnn_attention true), or every one but cuDNN's (false,
+    the default). cuDNN's attention builds an execution plan for each new input shape, and sometimes compiles a kernel
+    for it; GRPO's micro-batches and rollout prefills pad to a new length every step (benchmarks/README.md). A
+    compiled graph keeps the backend it was traced with (torch.compile does not guard on these flags), so the whole
+    of trainer.train, where the layers compile, runs inside the context."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     if cudnn:
