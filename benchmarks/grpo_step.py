@@ -223,6 +223,7 @@ def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transf
                          bf16=bf16, engine=engine, callbacks=(clock.callback,), phases=phases)
     return {"backend": backend, "rollout_engine": engine, "merged_rollouts": train.merged_rollouts,
             "compiled_layers": compiles_layers(train, backend, engine), "cudnn_attention": train.cudnn_attention,
+            "pad_to_multiple_of": train.pad_to_multiple_of,
             "finetune": p.train.finetune,
             "gradient_checkpointing": p.train.gradient_checkpointing,
             "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),

@@ -269,6 +269,9 @@ def test_prompts_are_tokenized_once_and_left_padded(model_and_tokenizer, records
     model, tok = model_and_tokenizer
     ids, mask = left_pad([[5, 6, 7], [8]], pad_token_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_token_id=0, multiple=4)  # train.pad_to_multiple_of's rollouts
+    assert ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8]] and mask.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    assert left_pad([[5, 6, 7, 8]], pad_token_id=0, multiple=4)[0].tolist() == [[5, 6, 7, 8]]
     texts = [render_prompt(tok, r, "direct") for r in records]
     encoded = encode_prompts(tok, texts)
     assert encoded[0] == tok(texts[0], add_special_tokens=False)["input_ids"] and encode_prompts(tok, encoded) == encoded

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import shutil
 
 import pytest
@@ -158,11 +159,12 @@ def test_hybrid_training_uses_the_learned_reward(tiny_model_params, tmp_path):
     assert run_fingerprint(tp, tiny_model_params, tmp_path / "train.jsonl", tmp_path / "rm.joblib") != fingerprint
 
 
-def check_fast_rollouts_follow_the_policy(model_params, tmp_path):
+def check_fast_rollouts_follow_the_policy(model_params, tmp_path, pad_to_multiple_of=None):
     """At a near-zero temperature the fast rollouts must be the policy's greedy tokens, exactly as
     model.generate gives them for each prompt alone, cut after the first EOS as TRL cuts them, also after
     the LoRA weights changed in place (as the optimizer changes them; on CUDA the decode step is a graph
-    recorded before the change); and the policy goes back to train mode afterwards."""
+    recorded before the change); and the policy goes back to train mode afterwards. pad_to_multiple_of: the
+    prompts padded further on the left (train.pad_to_multiple_of), which must change no token."""
     from trl import GRPOTrainer
 
     from mcgrpo.prompts import build_messages
@@ -174,10 +176,14 @@ def check_fast_rollouts_follow_the_policy(model_params, tmp_path):
     model, tok, peft_config = load_model(model_params, lora=tp.lora, seed=tp.seed)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(tp), args=grpo_config(tp, tmp_path, False, "fast"),
                           train_dataset=grpo_dataset(records, tp.variant), processing_class=tok, peft_config=peft_config)
-    rollouts = FastRollouts(longest_prompt_tokens(tok, records, tp.variant))
+    longest = longest_prompt_tokens(tok, records, tp.variant)
+    rollouts = FastRollouts(longest, pad_to_multiple_of=pad_to_multiple_of)
     prompts = [build_messages(r, tp.variant) for r in records]
     trainer.model.train()
     first = rollouts(prompts, trainer)["completion_ids"]
+    if pad_to_multiple_of:  # the padding was exercised: the longest prompt is no multiple, the rollout cache one
+        assert longest % pad_to_multiple_of and rollouts.generator.max_length == \
+            longest + -longest % pad_to_multiple_of + tp.max_completion_length
     with torch.no_grad():  # an optimizer step's worth of change, in place
         torch.manual_seed(0)
         for name, param in trainer.model.named_parameters():
@@ -203,25 +209,30 @@ def check_fast_rollouts_follow_the_policy(model_params, tmp_path):
 
 
 def test_fast_rollouts_are_the_policys_own_tokens(tiny_model_params, tmp_path):
-    check_fast_rollouts_follow_the_policy(tiny_model_params, tmp_path)
+    check_fast_rollouts_follow_the_policy(tiny_model_params, tmp_path, pad_to_multiple_of=64)
 
 
 def test_grpo_with_fast_rollouts_trains_and_resumes(tiny_model_params, tmp_path):
     from transformers import TrainerCallback
 
-    cudnn_during_steps = []
+    during_steps = []
 
-    class RecordCudnn(TrainerCallback):
+    class RecordSdpa(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            cudnn_during_steps.append(torch.backends.cuda.cudnn_sdp_enabled())
+            during_steps.append((torch.backends.cuda.cudnn_sdp_enabled(), os.environ["TORCHINDUCTOR_CACHE_DIR"]))
 
     records = make_synthetic_mc(8, seed=2)
-    tp = tiny_train_params(rollout_engine="fast", gradient_checkpointing=True, cudnn_attention=False)
+    tp = tiny_train_params(rollout_engine="fast", gradient_checkpointing=True, cudnn_attention=False,
+                           pad_to_multiple_of=32)
     assert torch.backends.cuda.cudnn_sdp_enabled()
-    summary = run(tiny_model_params, tmp_path, tp, records, engine="fast", callbacks=(RecordCudnn(),))
+    cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    summary = run(tiny_model_params, tmp_path, tp, records, engine="fast", callbacks=(RecordSdpa(),))
     assert summary["steps"] == 4 and steps_logged(tmp_path / "live") == [1, 2, 3, 4]
-    # train.cudnn_attention false: SDPA's cuDNN backend is off for the run's steps only
-    assert cudnn_during_steps == [False] * 4 and torch.backends.cuda.cudnn_sdp_enabled()
+    # train.cudnn_attention false: SDPA's cuDNN backend is off for the run's steps only, and inductor's on-disk
+    # cache (which would hand back graphs compiled under the other choice) is a folder of this choice's own
+    assert [cudnn for cudnn, _ in during_steps] == [False] * 4 and torch.backends.cuda.cudnn_sdp_enabled()
+    assert all(folder.endswith(os.sep + "sdpa-no-cudnn") for _, folder in during_steps)
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == cache_dir
     # the rollouts' share of a step is reported (the compiling first call left out)
     assert 0 < summary["rollout_time_s_last10"] < summary["step_time_s_last10"]
     shutil.rmtree(tmp_path / "ckpt" / "checkpoint-4")

@@ -34,12 +34,18 @@ def encode_prompts(tokenizer, prompts) -> list[list[int]]:
     return tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
 
 
-def left_pad(rows: list[list[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) of token-id lists, left-padded: decoder-only batches generate from the right."""
+def left_pad(rows: list[list[int]], pad_token_id: int, device=None, multiple: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token-id lists, left-padded (decoder-only batches generate from the right) to
+    the longest row, or to the next multiple of `multiple` tokens."""
     rows = [torch.tensor(ids, dtype=torch.long) for ids in rows]
     pad = torch.nn.utils.rnn.pad_sequence
     ids = pad(rows, batch_first=True, padding_value=pad_token_id, padding_side="left")
     mask = pad([torch.ones_like(r) for r in rows], batch_first=True, padding_value=0, padding_side="left")
+    extra = -ids.shape[1] % multiple if multiple else 0
+    if extra:
+        ids = torch.nn.functional.pad(ids, (extra, 0), value=pad_token_id)
+        mask = torch.nn.functional.pad(mask, (extra, 0), value=0)
     return ids.to(device), mask.to(device)
 
 

@@ -168,9 +168,13 @@ class TrainParams(Section):
     # auto compiles on CUDA with the transformers backend and the fast rollouts (training.compiles_layers)
     compile_layers: bool | Literal["auto"] = "auto"
     # SDPA's cuDNN backend for the training forward/backward and the rollouts' prefill (training.attention_backends).
-    # Off by default: cuDNN builds an execution plan (at times a kernel) for each new input shape, and GRPO's batches
-    # pad to a new length every step, which cost seconds in most steps on an H200 (benchmarks/README.md)
+    # cuDNN builds an execution plan (at times a kernel) for each new input shape: pad_to_multiple_of bounds the shapes
+    # a run meets. Without cuDNN, SDPA runs its memory-efficient kernels (an attention mask rules out flash)
     cudnn_attention: bool = False
+    # prompts and completions padded to a multiple of this many tokens (TRL's GRPOConfig.pad_to_multiple_of; the fast
+    # rollouts pad their prompts the same way): fewer distinct shapes for cuDNN's plans and the compiled layers'
+    # guards, for a few padded tokens more per sequence. null pads to the longest in the batch
+    pad_to_multiple_of: int | None = Field(None, gt=0)
     # fast rollouts sample from a copy of the LoRA-adapted weights with the adapters merged in, refreshed every
     # rollout: no LoRA matmuls in the decode step, for one more copy of those weights in memory
     merged_rollouts: bool = True

@@ -186,8 +186,10 @@ class FastRollouts:
     query rows (a profiled GRPO step on an H200: ~0.6 s of a 1.5 s rollout; benchmarks/README.md).
     """
 
-    def __init__(self, max_prompt_tokens: int, merged: bool = True, answers=None):
-        self.max_prompt_tokens, self.merged = max_prompt_tokens, merged
+    def __init__(self, max_prompt_tokens: int, merged: bool = True, answers=None, pad_to_multiple_of: int | None = None):
+        self.pad_to_multiple_of = pad_to_multiple_of  # the prompts' padding, as TRL's (train.pad_to_multiple_of)
+        self.max_prompt_tokens = max_prompt_tokens + (-max_prompt_tokens % pad_to_multiple_of if pad_to_multiple_of else 0)
+        self.merged = merged
         self.answers = answers
         self.generator = None
         self.seconds = []  # wall time of each call (it ends reading the tokens back, so the GPU work is in it)
@@ -203,7 +205,9 @@ class FastRollouts:
         settings = rollout_settings(trainer)
         model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
         device = trainer.accelerator.device
-        need = max(map(len, prompt_ids)) + settings["max_completion_length"]
+        pad = settings["pad_token_id"]
+        input_ids, attention_mask = left_pad(prompt_ids, pad, multiple=self.pad_to_multiple_of)
+        need = input_ids.shape[1] + settings["max_completion_length"]
         if self.generator is None or len(prompt_ids) > self.generator.batch_size or need > self.generator.max_length:
             if self.generator is not None:
                 print(f"warning: rollout batch {len(prompt_ids)} x {need} tokens outgrew the rollout cache; "
@@ -211,8 +215,6 @@ class FastRollouts:
             self.generator = StaticGenerator(
                 model, batch_size=len(prompt_ids), max_length=max(need, self.max_prompt_tokens + settings["max_completion_length"]),
                 merge_lora=self.merged)
-        pad = settings["pad_token_id"]
-        input_ids, attention_mask = left_pad(prompt_ids, pad)
         answers = None if self.answers is None else \
             answer_tensor([self.answers[p] for p in prompts], settings["max_completion_length"], device)
         was_training = model.training
@@ -238,7 +240,8 @@ def fast_rollouts(tokenizer, records: list[dict], tp, shots: list[dict] = ()) ->
     train.variant is completion_pick."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental"; TRL is pinned
     answers = answers_by_prompt(tokenizer, records, tp.variant, shots) if tp.variant == PICK_VARIANT else None
-    return FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.merged_rollouts, answers)
+    return FastRollouts(longest_prompt_tokens(tokenizer, records, tp.variant, shots), tp.merged_rollouts, answers,
+                        tp.pad_to_multiple_of)
 
 
 def answers_by_prompt(tokenizer, records: list[dict], variant: str, shots: list[dict] = ()) -> dict:
@@ -555,17 +558,29 @@ def compile_decoder_layers(model, backend: str = "inductor") -> None:
         layer.forward = functools.partial(compiled, layer)
 
 
+@contextlib.contextmanager
 def attention_backends(cudnn: bool):
-    """A context in which SDPA may use every backend (train.cudnn_attention true), or every one but cuDNN's (false,
-    the default). cuDNN's attention builds an execution plan for each new input shape, and sometimes compiles a kernel
-    for it; GRPO's micro-batches and rollout prefills pad to a new length every step (benchmarks/README.md). A
-    compiled graph keeps the backend it was traced with (torch.compile does not guard on these flags), so the whole
-    of trainer.train, where the layers compile, runs inside the context."""
+    """A context in which SDPA may use every backend (train.cudnn_attention true), or every one but cuDNN's (false).
+    cuDNN's attention builds an execution plan for each new input shape, and sometimes compiles a kernel for it
+    (train.pad_to_multiple_of bounds the shapes; benchmarks/README.md). A compiled graph keeps the backend it was
+    traced with: torch.compile does not guard on these flags, so the whole of trainer.train, where the layers compile,
+    runs inside the context; and inductor's on-disk caches leave the choice out of their keys (torch 2.11 and 2.13,
+    pytorch/pytorch#185449), so a run would load graphs compiled under the other choice. Inside the context they live
+    in a subfolder of their own per choice."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if cudnn:
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir(), "sdpa-cudnn" if cudnn else "sdpa-no-cudnn")
+    try:
+        with contextlib.nullcontext() if cudnn else \
+                sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
