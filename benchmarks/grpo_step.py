@@ -8,8 +8,9 @@ never stop early: the worst case):
   LoRA, the rollout engine `auto` picks, gradient checkpointing), `--set section.key=value` overriding params;
 - pipeline_lora_rollouts: the same with train.merged_rollouts false (the fast rollouts read the LoRA layers);
 - pipeline_eager_layers: the same with train.compile_layers false (the training forward and backward eager);
-- pipeline_no_cudnn / pipeline_cudnn: the same with train.cudnn_attention false / true (SDPA without or with its
-  cuDNN backend in training and the rollouts' prefill);
+- pipeline_unpadded: the same with train.pad_to_multiple_of null (each batch padded to its longest sequence);
+- pipeline_cudnn: unpadded with train.cudnn_attention true (SDPA's cuDNN backend in training and the rollouts'
+  prefill; params.py refuses it with padding);
 - unsloth: the same through model.backend unsloth (GPU with unsloth installed; TRL's rollouts, as auto then picks);
 - trl_defaults: TRL's GRPOTrainer with GRPOConfig's defaults and only the shape set (full fine-tuning, TRL's rollouts
   through model.generate), the same reward functions and prompts.
@@ -250,8 +251,8 @@ def run_trl_defaults() -> dict:
 runs = {"pipeline": lambda: run_pipeline("pipeline"),
         "pipeline_lora_rollouts": lambda: run_pipeline("pipeline_lora_rollouts", merged_rollouts=False),
         "pipeline_eager_layers": lambda: run_pipeline("pipeline_eager_layers", compile_layers=False),
-        "pipeline_no_cudnn": lambda: run_pipeline("pipeline_no_cudnn", cudnn_attention=False),
-        "pipeline_cudnn": lambda: run_pipeline("pipeline_cudnn", cudnn_attention=True),
+        "pipeline_unpadded": lambda: run_pipeline("pipeline_unpadded", pad_to_multiple_of=None),
+        "pipeline_cudnn": lambda: run_pipeline("pipeline_cudnn", cudnn_attention=True, pad_to_multiple_of=None),
         "unsloth": lambda: run_pipeline("unsloth", backend="unsloth"), "trl_defaults": run_trl_defaults}
 result = {"machine": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
           "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "variant": p.train.variant,

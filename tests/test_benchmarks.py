@@ -87,6 +87,8 @@ def test_decode_and_training_scripts(tmp_path, questions):
     assert set(step["paths"]) == {"pipeline", "pipeline_lora_rollouts", "pipeline_cudnn", "trl_defaults"}
     assert step["variant"] == "completion_direct"
     assert not step["paths"]["pipeline"]["cudnn_attention"] and step["paths"]["pipeline_cudnn"]["cudnn_attention"]
+    assert step["paths"]["pipeline"]["pad_to_multiple_of"] == 64
+    assert step["paths"]["pipeline_cudnn"]["pad_to_multiple_of"] is None
     assert step["paths"]["pipeline"]["merged_rollouts"] and not step["paths"]["pipeline_lora_rollouts"]["merged_rollouts"]
     assert step["paths"]["pipeline"]["compiled_layers"] is False  # auto: compiled on CUDA only
     assert step["reward_weights"]["format"] == 0  # a nested --set reached the params

@@ -74,6 +74,10 @@ def test_rollout_engine_resolution(capsys):
         rollout_engine(TrainParams(rollout_engine="fast"), "unsloth")
     with pytest.raises(UserError, match="train.top_p to 1.0"):
         parse_params({"train": {"rollout_engine": "fast", "top_p": 0.9}})
+    # cuDNN's attention is refused with padding to a multiple (NaN gradients at step 1 on an H200), allowed without
+    with pytest.raises(UserError, match="train.pad_to_multiple_of to null"):
+        parse_params({"train": {"cudnn_attention": True}})
+    assert parse_params({"train": {"cudnn_attention": True, "pad_to_multiple_of": None}}).train.cudnn_attention
     # vLLM is not installed here: asking for it falls back, and says so
     assert rollout_engine(TrainParams(use_vllm=True), "transformers") == "fast"
     assert "vllm is not installed" in capsys.readouterr().out

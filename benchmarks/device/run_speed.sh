@@ -45,9 +45,10 @@ grpo() {  # one process per ';'-separated run of SPEED_GRPO_RUNS ("paths [more g
   IFS=';' read -ra runs <<< "${SPEED_GRPO_RUNS:-pipeline,trl_defaults;pipeline_cudnn}"
   for run in "${runs[@]}"; do
     i=$((i + 1)); stamp "grpo $i: $run"
+    # each in an inductor cache folder of its own: compilation costs what it costs on a fresh machine
     # shellcheck disable=SC2086  # the run's extra arguments split on spaces
-    # a cache folder of its own: compilation costs what it costs on a fresh machine
-    TORCHINDUCTOR_CACHE_DIR=/tmp/speed/inductor_$i TORCH_LOGS=recompiles timeout 720 python3 benchmarks/grpo_step.py --race .bench/race_train64.jsonl --tokenizer $tok \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/speed/inductor_$i TORCH_LOGS=recompiles timeout 720 python3 benchmarks/grpo_step.py \
+      --race .bench/race_train64.jsonl --tokenizer $tok \
       --steps "${SPEED_GRPO_STEPS:-5}" --profile --paths $run --out $out/grpo_step_$i.json > $out/grpo_step_$i.log 2>&1
     echo "rc $?"; tail -2 $out/grpo_step_$i.log
   done

@@ -168,13 +168,14 @@ class TrainParams(Section):
     # auto compiles on CUDA with the transformers backend and the fast rollouts (training.compiles_layers)
     compile_layers: bool | Literal["auto"] = "auto"
     # SDPA's cuDNN backend for the training forward/backward and the rollouts' prefill (training.attention_backends).
-    # cuDNN builds an execution plan (at times a kernel) for each new input shape: pad_to_multiple_of bounds the shapes
-    # a run meets. Without cuDNN, SDPA runs its memory-efficient kernels (an attention mask rules out flash)
+    # Off: SDPA runs its memory-efficient kernels (the attention mask rules out flash). cuDNN builds an execution plan
+    # (at times a kernel) for each new input shape, and with pad_to_multiple_of its gradients were NaN at step 1 on an
+    # H200 (benchmarks/README.md), so the two are refused together
     cudnn_attention: bool = False
     # prompts and completions padded to a multiple of this many tokens (TRL's GRPOConfig.pad_to_multiple_of; the fast
-    # rollouts pad their prompts the same way): fewer distinct shapes for cuDNN's plans and the compiled layers'
-    # guards, for a few padded tokens more per sequence. null pads to the longest in the batch
-    pad_to_multiple_of: int | None = Field(None, gt=0)
+    # rollouts pad their prompts the same way): a few shapes that recur, so the compiled layers and the rollouts'
+    # prefill meet shapes they have run before, for ~3% more (masked) tokens. null pads to the longest in the batch
+    pad_to_multiple_of: int | None = Field(64, gt=0)
     # fast rollouts sample from a copy of the LoRA-adapted weights with the adapters merged in, refreshed every
     # rollout: no LoRA matmuls in the decode step, for one more copy of those weights in memory
     merged_rollouts: bool = True
@@ -226,6 +227,14 @@ class TrainParams(Section):
             raise ValueError(f"train.variant={PICK_VARIANT} decodes each answer under a constraint (one option, whole) "
                              "that only the project's rollouts apply: set train.rollout_engine to auto or fast, and "
                              "train.use_vllm to false")
+        return self
+
+    @model_validator(mode="after")
+    def cudnn_attention_unpadded(self):
+        if self.cudnn_attention and self.pad_to_multiple_of:
+            raise ValueError("train.cudnn_attention=true with train.pad_to_multiple_of set gave NaN gradients at the "
+                             "first step (H200, benchmarks/README.md): set train.pad_to_multiple_of to null to try "
+                             "cuDNN's attention, or train.cudnn_attention to false")
         return self
 
     @model_validator(mode="after")

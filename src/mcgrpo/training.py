@@ -186,9 +186,11 @@ class FastRollouts:
     query rows (a profiled GRPO step on an H200: ~0.6 s of a 1.5 s rollout; benchmarks/README.md).
     """
 
-    def __init__(self, max_prompt_tokens: int, merged: bool = True, answers=None, pad_to_multiple_of: int | None = None):
+    def __init__(self, max_prompt_tokens: int, merged: bool = True, answers=None,
+                 pad_to_multiple_of: int | None = None):
         self.pad_to_multiple_of = pad_to_multiple_of  # the prompts' padding, as TRL's (train.pad_to_multiple_of)
-        self.max_prompt_tokens = max_prompt_tokens + (-max_prompt_tokens % pad_to_multiple_of if pad_to_multiple_of else 0)
+        extra = -max_prompt_tokens % pad_to_multiple_of if pad_to_multiple_of else 0
+        self.max_prompt_tokens = max_prompt_tokens + extra
         self.merged = merged
         self.answers = answers
         self.generator = None
@@ -562,7 +564,7 @@ def compile_decoder_layers(model, backend: str = "inductor") -> None:
 def attention_backends(cudnn: bool):
     """A context in which SDPA may use every backend (train.cudnn_attention true), or every one but cuDNN's (false).
     cuDNN's attention builds an execution plan for each new input shape, and sometimes compiles a kernel for it
-    (train.pad_to_multiple_of bounds the shapes; benchmarks/README.md). A compiled graph keeps the backend it was
+    (benchmarks/README.md). A compiled graph keeps the backend it was
     traced with: torch.compile does not guard on these flags, so the whole of trainer.train, where the layers compile,
     runs inside the context; and inductor's on-disk caches leave the choice out of their keys (torch 2.11 and 2.13,
     pytorch/pytorch#185449), so a run would load graphs compiled under the other choice. Inside the context they live
