@@ -65,6 +65,8 @@ def test_decode_and_training_scripts(tmp_path, questions):
                              "--set", "train.variant=completion_direct", "--set", "train.reward_weights.format=0",
                              "--paths", "pipeline,pipeline_lora_rollouts,pipeline_cudnn,trl_defaults", "--profile",
                              "--out", out / "grpo_step.json"),
+        "sdpa_padding": command("sdpa_padding.py", "--batch", 2, "--heads", 2, "--head-dim", 16, "--lengths", "64,70",
+                                "--max-pad", 20, "--window", 16, "--repeats", 2, "--out", out / "sdpa_padding.json"),
         "learnability": command("learnability.py", "--preset", "tiny", "--steps", 2, "--prompts", 2, "--completion-tokens", 4,
                                 "--warm-start-steps", 2, "--out", out / "learnability", "--work", tmp_path / "work"),
     })
@@ -83,6 +85,11 @@ def test_decode_and_training_scripts(tmp_path, questions):
     assert stage["batch"] == 4 and stage["models"]
     rows = [json.loads(line) for line in (out / "sample.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and {"context", "question", "options", "answer"} <= set(rows[0])
+    cases = json.loads((out / "sdpa_padding.json").read_text())["cases"]  # math only on a CPU
+    assert len(cases) == 12 and {c["padding"] for c in cases} == {"none", "some", "all"}
+    # the math backend gives padding queries (which mask every key) no NaN: the reference for the GPU's backends
+    assert not any(c["nan_output"] or any(c["nan_grads"].values()) for c in cases)
+    assert all(c["first_call_s"] > 0 and c["median_later_s"] > 0 for c in cases)
     step = json.loads((out / "grpo_step.json").read_text())
     assert set(step["paths"]) == {"pipeline", "pipeline_lora_rollouts", "pipeline_cudnn", "trl_defaults"}
     assert step["variant"] == "completion_direct"
