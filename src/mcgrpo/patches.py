@@ -7,6 +7,7 @@ tests/test_patches.py checks that each patched signature still matches what its 
 """
 
 import functools
+import os
 from contextlib import contextmanager
 from importlib.metadata import version
 
@@ -126,6 +127,26 @@ def eager_attention_for_generation(model, devices=("cuda",)):
     switch = attention_implementation(model) == "sdpa" and next(model.parameters()).device.type in devices
     with attention_for_call(model, "eager" if switch else None):
         yield
+
+
+@contextmanager
+def inductor_cache_folder(name: str):
+    """Inductor's on-disk caches in subfolder `name` of their folder for the duration, then where they were. Its keys
+    leave out settings that change the compiled graphs, e.g. SDPA's backends (torch 2.11 and 2.13,
+    pytorch/pytorch#185449): a process would load graphs compiled under the other setting. Private:
+    torch._inductor.runtime.cache_dir_utils.cache_dir (the folder, TORCHINDUCTOR_CACHE_DIR or torch's default),
+    which reads that variable on every use."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir(), name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
 def transformers_model(model):

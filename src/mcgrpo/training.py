@@ -564,25 +564,16 @@ def compile_decoder_layers(model, backend: str = "inductor") -> None:
 def attention_backends(cudnn: bool):
     """A context in which SDPA may use every backend (train.cudnn_attention true), or every one but cuDNN's (false).
     cuDNN's attention builds an execution plan for each new input shape, and sometimes compiles a kernel for it
-    (benchmarks/README.md). A compiled graph keeps the backend it was
-    traced with: torch.compile does not guard on these flags, so the whole of trainer.train, where the layers compile,
-    runs inside the context; and inductor's on-disk caches leave the choice out of their keys (torch 2.11 and 2.13,
-    pytorch/pytorch#185449), so a run would load graphs compiled under the other choice. Inside the context they live
-    in a subfolder of their own per choice."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    (benchmarks/README.md). A compiled graph keeps the backend it was traced with: torch.compile does not guard on
+    these flags, so the whole of trainer.train, where the layers compile, runs inside the context. Inductor's on-disk
+    cache leaves the choice out of its keys too, so each choice compiles into a cache folder of its own."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir(), "sdpa-cudnn" if cudnn else "sdpa-no-cudnn")
-    try:
-        with contextlib.nullcontext() if cudnn else \
-                sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-            yield
-    finally:
-        if before is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+    from mcgrpo.patches import inductor_cache_folder
+
+    with inductor_cache_folder("sdpa-cudnn" if cudnn else "sdpa-no-cudnn"), contextlib.nullcontext() if cudnn else \
+            sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
 
 
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
