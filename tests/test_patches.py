@@ -44,6 +44,22 @@ def test_trainer_internals_the_rollouts_read_exist():
         assert f"{attribute} =" in init, attribute
 
 
+def test_trainer_internals_the_shared_prompt_passes_replace_keep_their_shape():
+    from trl import GRPOTrainer
+    from trl.trainer import grpo_trainer
+
+    parameters = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
+    assert parameters[:7] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size",
+                              "compute_entropy"] and parameters[7] == "compute_aux_loss"
+    # every other argument is multimodal (None for text), and the calls pass the passes' inputs in that order
+    assert all(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters[name].default is None
+               for name in parameters[8:])
+    assert "shuffle_sequence_dict(generation_batch)" in inspect.getsource(GRPOTrainer._prepare_inputs)
+    assert callable(grpo_trainer.shuffle_sequence_dict)
+    # the fused LM head scores pre-shifted labels as they are (what each packed segment's labels are)
+    assert "shift_labels" in inspect.getsource(grpo_trainer.add_fused_lm_head)
+
+
 def test_decoder_layer_takes_the_cache_the_compiled_layers_pass():
     from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer
 

@@ -228,6 +228,7 @@ def test_grpo_with_fast_rollouts_trains_and_resumes(tiny_model_params, tmp_path)
     cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     summary = run(tiny_model_params, tmp_path, tp, records, engine="fast", callbacks=(RecordSdpa(),))
     assert summary["steps"] == 4 and steps_logged(tmp_path / "live") == [1, 2, 3, 4]
+    assert summary["shared_prompts"]  # the default: the log-prob passes ran one row per prompt
     # train.cudnn_attention false: SDPA's cuDNN backend is off for the run's steps only, and inductor's on-disk
     # cache (which would hand back graphs compiled under the other choice) is a folder of this choice's own
     assert [cudnn for cudnn, _ in during_steps] == [False] * 4 and torch.backends.cuda.cudnn_sdp_enabled()

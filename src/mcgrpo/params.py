@@ -176,6 +176,10 @@ class TrainParams(Section):
     # rollouts pad their prompts the same way): a few shapes that recur, so the compiled layers and the rollouts'
     # prefill meet shapes they have run before, for ~3% more (masked) tokens. null pads to the longest in the batch
     pad_to_multiple_of: int | None = Field(64, gt=0)
+    # the log-prob passes (training forward/backward, reference, old policy) compute each prompt once for all of its
+    # completions, one row per group (mcgrpo.shared_prompt): the same log-probs in ~a quarter of the tokens at RACE
+    # lengths; transformers backend (Unsloth's trainer computes its own)
+    shared_prompts: bool = True
     # fast rollouts sample from a copy of the LoRA-adapted weights with the adapters merged in, refreshed every
     # rollout: no LoRA matmuls in the decode step, for one more copy of those weights in memory
     merged_rollouts: bool = True

@@ -102,8 +102,8 @@ def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = (), opti
 # TrainParams fields that are the project's own, not GRPOConfig's, though a name may match one of TRL's
 # (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
 NOT_GRPO_FIELDS = {"variant", "option_order", "finetune", "lora", "rollout_engine", "grouped_attention",
-                   "compile_layers", "cudnn_attention", "merged_rollouts", "num_processes", "accelerate_config",
-                   "use_vllm", "reward_weights"}
+                   "compile_layers", "cudnn_attention", "shared_prompts", "merged_rollouts", "num_processes",
+                   "accelerate_config", "use_vllm", "reward_weights"}
 
 
 def grpo_config(tp, output_dir, bf16: bool, engine: str = "hf"):
@@ -589,7 +589,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     """
     from trl import GRPOTrainer
 
-    from mcgrpo.patches import generate_with_eager_attention, install_torch_logprobs
+    from mcgrpo.patches import generate_with_eager_attention, install_torch_logprobs, use_shared_prompts
 
     install_torch_logprobs()
     rewards = reward_functions(tp, reward_model_file)  # first: a skipped reward model fails before any work
@@ -637,6 +637,13 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
         generate_with_eager_attention(trainer.model)
     if compile_layers:
         compile_decoder_layers(trainer.model)
+    shared_prompts = False
+    if tp.shared_prompts:
+        if backend == "transformers":
+            shared_prompts = use_shared_prompts(trainer, tp.pad_to_multiple_of)
+        else:
+            print(f"note: train.shared_prompts applies to the transformers backend; {backend}'s trainer computes its "
+                  "own log-probs")
     phases = phases or StepPhases()
     phases.attach(trainer)
     with attention_backends(tp.cudnn_attention):
@@ -649,6 +656,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     summary = _summary(trainer.state.log_history, trainer.state.global_step, resume_step or 0,
                        result.metrics.get("train_runtime", 0.0), procs, rollouts.seconds if rollouts else None,
                        phases)
+    summary["shared_prompts"] = shared_prompts  # whether the log-prob passes ran one row per prompt
     if main:
         write_json(checkpoints / RUN_SUMMARY, summary)
     return summary
