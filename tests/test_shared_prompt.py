@@ -124,13 +124,13 @@ def logps_entropies_and_grads(trainer, ids, mask, batch_size):
     return logps.detach()[keep], entropies.detach()[keep], grads, reference[keep]
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_shared_prompt_passes_give_trls_logps_entropies_and_gradients(tiny_model_params, tmp_path,
-                                                                       attn_implementation):
+def check_shared_prompt_passes(trainer, tok, tol: float):
+    """The shared-prompt passes give the trainer's own log-probs, entropies, LoRA gradients and reference log-probs."""
     from mcgrpo.patches import use_shared_prompts
 
-    trainer, tok = lora_trainer(tiny_model_params, tmp_path, attn_implementation)
     ids, mask = trl_rows(trainer.model.config.vocab_size, tok.pad_token_id)
+    device = next(trainer.model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
     for batch_size in (6, 4):  # 4: a chunk ends inside a prompt's rows
         want = logps_entropies_and_grads(trainer, ids, mask, batch_size)
         plain = trainer._get_per_token_logps_and_entropies
@@ -141,10 +141,27 @@ def test_shared_prompt_passes_give_trls_logps_entropies_and_gradients(tiny_model
             if name == "grads":
                 assert a.keys() == b.keys() and len(a) > 0 and all("lora_" in key for key in a)
                 for key in a:
-                    torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+                    torch.testing.assert_close(a[key], b[key], atol=tol, rtol=10 * tol, msg=key)
             else:
-                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+                torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=name)
         assert not torch.equal(want[0], want[3])  # the adapters changed the log-probs: the reference is the base's
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_shared_prompt_passes_give_trls_logps_entropies_and_gradients(tiny_model_params, tmp_path,
+                                                                       attn_implementation):
+    check_shared_prompt_passes(*lora_trainer(tiny_model_params, tmp_path, attn_implementation), tol=1e-5)
+
+
+@pytest.mark.gpu
+def test_shared_prompt_passes_on_cuda_through_compiled_layers(tiny_model_params, tmp_path):
+    """As the pipeline trains on a GPU: SDPA's CUDA kernels with the dense masks, the layers compiled by inductor."""
+    from mcgrpo.training import compile_decoder_layers
+
+    trainer, tok = lora_trainer(tiny_model_params, tmp_path, "sdpa")
+    trainer.model.to("cuda")
+    compile_decoder_layers(trainer.model)
+    check_shared_prompt_passes(trainer, tok, tol=1e-4)
 
 
 def test_shared_prompts_stay_trls_where_masks_are_not_dense(tiny_model_params, tmp_path, capsys):

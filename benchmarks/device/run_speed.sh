@@ -65,8 +65,8 @@ sdpa() {  # SDPA's backends alone on padded training batches: NaN and seconds (s
 }
 gputests() {  # the GPU tests of the fast engine and the rollouts (CUDA graphs, which the CPU tests cannot cover)
   timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_fast_generation.py \
-    tests/test_constrained.py \
-    -k "${SPEED_TESTS:-merged or rollouts or matches_hf or flex or engines_write or compiled or repeated}" \
+    tests/test_constrained.py tests/test_shared_prompt.py \
+    -k "${SPEED_TESTS:-merged or rollouts or matches_hf or flex or engines_write or compiled or repeated or shared}" \
     > $out/gpu_tests.log 2>&1; echo "rc $?"; tail -3 $out/gpu_tests.log
 }
 unsloth() {  # the first steps compile for minutes (212 s and 116 s on 2026-12-01), so two warm-up steps
