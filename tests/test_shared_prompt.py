@@ -126,7 +126,7 @@ def logps_entropies_and_grads(trainer, ids, mask, batch_size):
 
 def check_shared_prompt_passes(trainer, tok, tol: float):
     """The shared-prompt passes give the trainer's own log-probs, entropies, LoRA gradients and reference log-probs."""
-    from mcgrpo.patches import use_shared_prompts
+    from mcgrpo.training import shared_prompt_passes
 
     ids, mask = trl_rows(trainer.model.config.vocab_size, tok.pad_token_id)
     device = next(trainer.model.parameters()).device
@@ -134,7 +134,7 @@ def check_shared_prompt_passes(trainer, tok, tol: float):
     for batch_size in (6, 4):  # 4: a chunk ends inside a prompt's rows
         want = logps_entropies_and_grads(trainer, ids, mask, batch_size)
         plain = trainer._get_per_token_logps_and_entropies
-        assert use_shared_prompts(trainer, multiple=64)
+        assert shared_prompt_passes(trainer, multiple=64)
         got = logps_entropies_and_grads(trainer, ids, mask, batch_size)
         trainer._get_per_token_logps_and_entropies = plain
         for name, a, b in zip(("logps", "entropies", "grads", "reference"), got, want):
@@ -165,12 +165,12 @@ def test_shared_prompt_passes_on_cuda_through_compiled_layers(tiny_model_params,
 
 
 def test_shared_prompts_stay_trls_where_masks_are_not_dense(tiny_model_params, tmp_path, capsys):
-    from mcgrpo.patches import use_shared_prompts
+    from mcgrpo.training import shared_prompt_passes
 
     trainer, _ = lora_trainer(tiny_model_params, tmp_path, "sdpa")
     trainer.model.get_base_model().config._attn_implementation = "flash_attention_2"
     plain = trainer._get_per_token_logps_and_entropies
-    assert not use_shared_prompts(trainer) and trainer._get_per_token_logps_and_entropies == plain
+    assert not shared_prompt_passes(trainer) and trainer._get_per_token_logps_and_entropies == plain
     assert "flash_attention_2" in capsys.readouterr().out
 
 

@@ -145,8 +145,10 @@ class TrainParams(Section):
     max_grad_norm: float = Field(0.1, gt=0)
     optim: str = "adamw_torch"  # adamw_8bit saves memory on CUDA (needs bitsandbytes)
     max_steps: int = Field(300, gt=0)
-    per_device_train_batch_size: int = Field(8, gt=0)  # completions per device per micro-step
-    gradient_accumulation_steps: int = Field(2, gt=0)
+    # completions per device per micro-step; with shared_prompts a micro-step of 16 is two rows, and larger micro-steps
+    # ran faster at the 1B shape (benchmarks/README.md, 2026-12-04)
+    per_device_train_batch_size: int = Field(16, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
     num_generations: int = Field(8, ge=2)  # completions per prompt (the GRPO group)
     max_completion_length: int = Field(512, gt=0)
     temperature: float = Field(1.0, gt=0)

@@ -78,23 +78,17 @@ def time_trainer_method(trainer, name: str, record, clock) -> None:
     setattr(trainer, name, timed)
 
 
-def use_shared_prompts(trainer, multiple: int | None = None) -> bool:
-    """Make the trainer's log-prob passes (the training forward, the reference and old-policy passes) compute each
-    prompt once for all of its completions (mcgrpo.shared_prompt), and its micro-batches hold whole groups; True if
-    done. Where they cannot (images, MoE aux loss, an attention whose masks are not SDPA's or eager's) the passes
-    stay TRL's. Private: GRPOTrainer._get_per_token_logps_and_entropies (replaced on the instance),
-    GRPOTrainer._prepare_inputs and the module-level shuffle_sequence_dict it calls, GRPOTrainer._tokenizer."""
+def use_shared_prompts(trainer, completion_logps, shuffle) -> None:
+    """Route the trainer's text-only log-prob passes (the training forward, the reference and old-policy passes)
+    through `completion_logps(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, *,
+    pad_token_id, autocast)` -> (log-probs, entropies or None), and the shuffle of each generation batch before it is
+    split into micro-batches through `shuffle` (mcgrpo.shared_prompt's, wired by training.shared_prompt_passes).
+    Passes with images or an MoE aux loss stay TRL's. Private: GRPOTrainer._get_per_token_logps_and_entropies
+    (replaced on the instance), GRPOTrainer._prepare_inputs and the module-level shuffle_sequence_dict it calls,
+    GRPOTrainer._tokenizer."""
     check_version("trl", "GRPOTrainer._get_per_token_logps_and_entropies and _prepare_inputs")
     import trl.trainer.grpo_trainer as grpo_module
 
-    from mcgrpo import shared_prompt
-
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    base = transformers_model(unwrapped)
-    if not shared_prompt.supports(base.config):
-        print(f"warning: train.shared_prompts: attention {attention_implementation(base)!r} takes no dense mask; "
-              "the log-prob passes stay TRL's")
-        return False
     plain_logps, plain_prepare = trainer._get_per_token_logps_and_entropies, trainer._prepare_inputs
     pad_token_id = trainer._tokenizer.pad_token_id
 
@@ -104,22 +98,21 @@ def use_shared_prompts(trainer, multiple: int | None = None) -> bool:
         if compute_aux_loss or any(value is not None for value in multimodal.values()):
             return plain_logps(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
                                compute_aux_loss, **multimodal)
-        found, entropies = shared_prompt.completion_logps(
-            model, base, input_ids, attention_mask, logits_to_keep, batch_size or input_ids.shape[0], compute_entropy,
-            pad_token_id, multiple, trainer.accelerator.autocast)
+        found, entropies = completion_logps(model, input_ids, attention_mask, logits_to_keep,
+                                            batch_size or input_ids.shape[0], compute_entropy,
+                                            pad_token_id=pad_token_id, autocast=trainer.accelerator.autocast)
         return found, entropies, None
 
     @functools.wraps(plain_prepare)
     def prepare(generation_batch):
-        shuffle = grpo_module.shuffle_sequence_dict
-        grpo_module.shuffle_sequence_dict = shared_prompt.shuffle_keeping_prompts_together
+        before = grpo_module.shuffle_sequence_dict
+        grpo_module.shuffle_sequence_dict = shuffle
         try:
             return plain_prepare(generation_batch)
         finally:
-            grpo_module.shuffle_sequence_dict = shuffle
+            grpo_module.shuffle_sequence_dict = before
 
     trainer._get_per_token_logps_and_entropies, trainer._prepare_inputs = logps, prepare
-    return True
 
 
 def rollout_settings(trainer) -> dict:

@@ -129,8 +129,8 @@ def attention_masks(config, batch: SharedPromptBatch, dtype: torch.dtype) -> dic
     return masks
 
 
-def completion_logps(model, base, input_ids, attention_mask, logits_to_keep: int, batch_size: int,
-                     compute_entropy: bool, pad_token_id: int, multiple: int | None = None, autocast=None):
+def completion_logps(model, input_ids, attention_mask, logits_to_keep: int, batch_size: int, compute_entropy: bool,
+                     *, base, pad_token_id: int, multiple: int | None = None, autocast=None):
     """(log-probs, entropies or None), each (rows, logits_to_keep), of the completions in TRL's rows, in chunks of
     batch_size rows as TRL's own pass chunks them, each chunk one row per prompt. `model` is what TRL calls (its
     forward patched with TRL's fused LM head, which takes shift_labels), `base` the transformers model inside it

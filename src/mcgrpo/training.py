@@ -560,6 +560,24 @@ def compile_decoder_layers(model, backend: str = "inductor") -> None:
         layer.forward = functools.partial(compiled, layer)
 
 
+def shared_prompt_passes(trainer, multiple: int | None = None) -> bool:
+    """Make the trainer's log-prob passes compute each prompt once for all of its completions, and its micro-batches
+    hold whole groups (train.shared_prompts; mcgrpo.shared_prompt); True if done. An attention whose masks are not
+    SDPA's or eager's (flash attention takes a padding mask only) keeps TRL's passes, with a warning. `multiple`: the
+    packed rows' length is rounded up to it (train.pad_to_multiple_of)."""
+    from mcgrpo import shared_prompt
+    from mcgrpo.patches import attention_implementation, transformers_model, use_shared_prompts
+
+    base = transformers_model(trainer.accelerator.unwrap_model(trainer.model))
+    if not shared_prompt.supports(base.config):
+        print(f"warning: train.shared_prompts: attention {attention_implementation(base)!r} takes no dense mask; "
+              "the log-prob passes stay TRL's")
+        return False
+    use_shared_prompts(trainer, functools.partial(shared_prompt.completion_logps, base=base, multiple=multiple),
+                       shared_prompt.shuffle_keeping_prompts_together)
+    return True
+
+
 @contextlib.contextmanager
 def attention_backends(cudnn: bool):
     """A context in which SDPA may use every backend (train.cudnn_attention true), or every one but cuDNN's (false).
@@ -589,7 +607,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     """
     from trl import GRPOTrainer
 
-    from mcgrpo.patches import generate_with_eager_attention, install_torch_logprobs, use_shared_prompts
+    from mcgrpo.patches import generate_with_eager_attention, install_torch_logprobs
 
     install_torch_logprobs()
     rewards = reward_functions(tp, reward_model_file)  # first: a skipped reward model fails before any work
@@ -640,7 +658,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     shared_prompts = False
     if tp.shared_prompts:
         if backend == "transformers":
-            shared_prompts = use_shared_prompts(trainer, tp.pad_to_multiple_of)
+            shared_prompts = shared_prompt_passes(trainer, tp.pad_to_multiple_of)
         else:
             print(f"note: train.shared_prompts applies to the transformers backend; {backend}'s trainer computes its "
                   "own log-probs")
