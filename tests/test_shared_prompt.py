@@ -37,9 +37,10 @@ def test_packing_puts_each_prompt_once_and_scores_every_completion_token():
     width = ids.shape[1] - COMPLETION
     assert prompt_groups(ids[:, :width], mask[:, :width]) == [[0, 2, 4], [1], [3, 5]]
     batch = pack_shared_prompts(ids, mask, COMPLETION, pad_token_id=0, multiple=64)
-    # one row per prompt: all of it but its last token, then a segment of COMPLETION tokens per completion;
-    # the longest is 199 + 2 x 12 = 223 tokens, rounded up to 256
-    assert batch.input_ids.shape == batch.attention_mask.shape == batch.segments.shape == (3, 256)
+    # one row per prompt: all of it but its last token (left-padded to the longest, 199, rounded up to 256), then
+    # a slot of COMPLETION tokens per completion of the largest group (3)
+    assert (batch.shared, batch.slots, batch.segment_length) == (256, 3, COMPLETION)
+    assert batch.input_ids.shape == batch.attention_mask.shape == batch.segments.shape == (3, 256 + 3 * COMPLETION)
     assert batch.index.shape == (6, COMPLETION)
     flat = {name: getattr(batch, name).flatten() for name in ("input_ids", "position_ids", "segments",
                                                                "shift_labels", "attention_mask")}
@@ -61,7 +62,9 @@ def test_packing_puts_each_prompt_once_and_scores_every_completion_token():
         assert torch.equal(batch.input_ids[group][shared], prompt[:-1])
         assert torch.equal(batch.position_ids[group][shared], torch.arange(len(prompt) - 1))
     assert (batch.shift_labels[batch.segments <= 0] == IGNORE).all()  # the prompt and padding score nothing
-    assert (batch.attention_mask[batch.segments < 0] == 0).all()
+    # padding (segment -1) is a valid key for padding alone, so no query row is fully masked
+    assert (batch.attention_mask[batch.segments < 0] == 1).all() and (batch.segments[:, 256:] != 0).all()
+    assert (batch.segments[1, 256 + COMPLETION:] == -1).all()  # the one-completion group's empty slots
     with pytest.raises(ValueError, match="no prompt token"):
         pack_shared_prompts(ids, torch.cat([torch.zeros_like(mask[:, :width]), mask[:, width:]], 1), COMPLETION, 0)
 
@@ -124,8 +127,9 @@ def logps_entropies_and_grads(trainer, ids, mask, batch_size):
     return logps.detach()[keep], entropies.detach()[keep], grads, reference[keep]
 
 
-def check_shared_prompt_passes(trainer, tok, tol: float):
-    """The shared-prompt passes give the trainer's own log-probs, entropies, LoRA gradients and reference log-probs."""
+def check_shared_prompt_passes(trainer, tok, tol: float, attention: str = "masked"):
+    """The shared-prompt passes (train.shared_prompt_attention `attention`) give the trainer's own log-probs, entropies,
+    LoRA gradients and reference log-probs."""
     from mcgrpo.training import shared_prompt_passes
 
     ids, mask = trl_rows(trainer.model.config.vocab_size, tok.pad_token_id)
@@ -134,7 +138,7 @@ def check_shared_prompt_passes(trainer, tok, tol: float):
     for batch_size in (6, 4):  # 4: a chunk ends inside a prompt's rows
         want = logps_entropies_and_grads(trainer, ids, mask, batch_size)
         plain = trainer._get_per_token_logps_and_entropies
-        assert shared_prompt_passes(trainer, multiple=64)
+        assert shared_prompt_passes(trainer, multiple=64, attention=attention)
         got = logps_entropies_and_grads(trainer, ids, mask, batch_size)
         trainer._get_per_token_logps_and_entropies = plain
         for name, a, b in zip(("logps", "entropies", "grads", "reference"), got, want):
@@ -147,21 +151,36 @@ def check_shared_prompt_passes(trainer, tok, tol: float):
         assert not torch.equal(want[0], want[3])  # the adapters changed the log-probs: the reference is the base's
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn_implementation, attention", [("sdpa", "masked"), ("eager", "masked"),
+                                                             ("sdpa", "split"), ("eager", "split")])
 def test_shared_prompt_passes_give_trls_logps_entropies_and_gradients(tiny_model_params, tmp_path,
-                                                                       attn_implementation):
-    check_shared_prompt_passes(*lora_trainer(tiny_model_params, tmp_path, attn_implementation), tol=1e-5)
+                                                                       attn_implementation, attention):
+    trainer, tok = lora_trainer(tiny_model_params, tmp_path, attn_implementation)
+    check_shared_prompt_passes(trainer, tok, tol=1e-5, attention=attention)
+    # split runs its own attention for its calls only: the model's own comes back
+    assert trainer.model.get_base_model().config._attn_implementation == attn_implementation
+
+
+def test_split_attention_through_compiled_layers(tiny_model_params, tmp_path):
+    """Dynamo-traced on the CPU (the eager backend: inductor's kernels are the GPU test's): the split masks'
+    shapes carry the layout into the compiled layers."""
+    from mcgrpo.training import compile_decoder_layers
+
+    trainer, tok = lora_trainer(tiny_model_params, tmp_path, "sdpa")
+    compile_decoder_layers(trainer.model, backend="eager")
+    check_shared_prompt_passes(trainer, tok, tol=1e-5, attention="split")
 
 
 @pytest.mark.gpu
-def test_shared_prompt_passes_on_cuda_through_compiled_layers(tiny_model_params, tmp_path):
-    """As the pipeline trains on a GPU: SDPA's CUDA kernels with the dense masks, the layers compiled by inductor."""
+@pytest.mark.parametrize("attention", ["masked", "split"])
+def test_shared_prompt_passes_on_cuda_through_compiled_layers(tiny_model_params, tmp_path, attention):
+    """As the pipeline trains on a GPU: SDPA's CUDA kernels with the packed masks, the layers compiled by inductor."""
     from mcgrpo.training import compile_decoder_layers
 
     trainer, tok = lora_trainer(tiny_model_params, tmp_path, "sdpa")
     trainer.model.to("cuda")
     compile_decoder_layers(trainer.model)
-    check_shared_prompt_passes(trainer, tok, tol=1e-4)
+    check_shared_prompt_passes(trainer, tok, tol=1e-4, attention=attention)
 
 
 def test_shared_prompts_stay_trls_where_masks_are_not_dense(tiny_model_params, tmp_path, capsys):
@@ -174,7 +193,8 @@ def test_shared_prompts_stay_trls_where_masks_are_not_dense(tiny_model_params, t
     assert "flash_attention_2" in capsys.readouterr().out
 
 
-def test_a_training_step_with_shared_prompts_is_trls_step(tiny_model_params, tmp_path, monkeypatch):
+@pytest.mark.parametrize("attention", ["masked", "split"])
+def test_a_training_step_with_shared_prompts_is_trls_step(tiny_model_params, tmp_path, monkeypatch, attention):
     """Two optimizer steps of two micro-batches each, from the same seed: the same completions, losses, KL, gradient
     norms and adapter whether the log-prob passes run TRL's rows or one row per prompt (its group-keeping shuffle
     draws what TRL's draws, so the second step's rollouts are the same too)."""
@@ -199,7 +219,7 @@ def test_a_training_step_with_shared_prompts_is_trls_step(tiny_model_params, tmp
                          max_completion_length=8, warmup_steps=0, gradient_checkpointing=True, beta=0.04,
                          optim="sgd", learning_rate=1.0,  # an update linear in the gradient (Adam's first is its sign)
                          lora={"r": 4, "alpha": 8}, rollout_engine="fast", shared_prompts=shared,
-                         reward_weights={"correct": 1.0})
+                         shared_prompt_attention=attention, reward_weights={"correct": 1.0})
         model, tok, peft_config = load_model(tiny_model_params, lora=tp.lora, seed=tp.seed)
         run = tmp_path / str(shared)
         summary = train_grpo(model, tok, peft_config, records, tp, checkpoints=run / "ckpt", adapter_out=run / "adapter",
@@ -220,3 +240,13 @@ def test_a_training_step_with_shared_prompts_is_trls_step(tiny_model_params, tmp
     assert adapter.keys() == plain_adapter.keys()
     for name in adapter:
         torch.testing.assert_close(adapter[name], plain_adapter[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_split_attention_is_refused_with_rollouts_that_call_the_model(tiny_model_params, tmp_path):
+    """TRL's rollouts call the policy's generate inside the training step, where split attention is set."""
+    from mcgrpo.errors import UserError
+    from mcgrpo.training import shared_prompt_passes
+
+    trainer, _ = lora_trainer(tiny_model_params, tmp_path, "sdpa")
+    with pytest.raises(UserError, match="shared_prompt_attention=split needs the fast rollouts"):
+        shared_prompt_passes(trainer, attention="split", engine="hf")

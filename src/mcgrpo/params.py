@@ -182,6 +182,9 @@ class TrainParams(Section):
     # completions, one row per group (mcgrpo.shared_prompt): the same log-probs in ~a quarter of the tokens at RACE
     # lengths; transformers backend (Unsloth's trainer computes its own)
     shared_prompts: bool = True
+    # how the shared-prompt passes run attention: masked (the model's attention over the whole row with a dense mask:
+    # measured on an H200) | split (two SDPA calls a layer, about a third of the pairs: tested, not yet timed on a GPU)
+    shared_prompt_attention: Literal["masked", "split"] = "masked"
     # fast rollouts sample from a copy of the LoRA-adapted weights with the adapters merged in, refreshed every
     # rollout: no LoRA matmuls in the decode step, for one more copy of those weights in memory
     merged_rollouts: bool = True

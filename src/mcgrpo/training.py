@@ -102,7 +102,8 @@ def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = (), opti
 # TrainParams fields that are the project's own, not GRPOConfig's, though a name may match one of TRL's
 # (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
 NOT_GRPO_FIELDS = {"variant", "option_order", "finetune", "lora", "rollout_engine", "grouped_attention",
-                   "compile_layers", "cudnn_attention", "shared_prompts", "merged_rollouts", "num_processes",
+                   "compile_layers", "cudnn_attention", "shared_prompts", "shared_prompt_attention",
+                   "merged_rollouts", "num_processes",
                    "accelerate_config", "use_vllm", "reward_weights"}
 
 
@@ -560,20 +561,36 @@ def compile_decoder_layers(model, backend: str = "inductor") -> None:
         layer.forward = functools.partial(compiled, layer)
 
 
-def shared_prompt_passes(trainer, multiple: int | None = None) -> bool:
+def shared_prompt_passes(trainer, multiple: int | None = None, attention: str = "masked", engine: str = "fast") -> bool:
     """Make the trainer's log-prob passes compute each prompt once for all of its completions, and its micro-batches
-    hold whole groups (train.shared_prompts; mcgrpo.shared_prompt); True if done. An attention whose masks are not
-    SDPA's or eager's (flash attention takes a padding mask only) keeps TRL's passes, with a warning. `multiple`: the
-    packed rows' length is rounded up to it (train.pad_to_multiple_of)."""
+    hold whole groups (train.shared_prompts; mcgrpo.shared_prompt); True if done. `multiple`: the packed rows' shared
+    part is rounded up to it (train.pad_to_multiple_of). `attention` (train.shared_prompt_attention): masked runs the
+    model's attention with dense masks; an attention whose masks are not SDPA's or eager's (flash attention takes a
+    padding mask only) then keeps TRL's passes, with a warning. split runs shared_prompt.split_attention for every
+    training step (gradient checkpointing recomputes the layers in the backward, after the pass has returned), which
+    only the fast rollouts (`engine` fast), with an attention of their own, leave alone."""
     from mcgrpo import shared_prompt
-    from mcgrpo.patches import attention_implementation, transformers_model, use_shared_prompts
+    from mcgrpo.patches import attention_for_call, attention_implementation, transformers_model, use_shared_prompts
 
     base = transformers_model(trainer.accelerator.unwrap_model(trainer.model))
-    if not shared_prompt.supports(base.config):
+    if attention == "masked" and not shared_prompt.supports(base.config):
         print(f"warning: train.shared_prompts: attention {attention_implementation(base)!r} takes no dense mask; "
               "the log-prob passes stay TRL's")
         return False
-    use_shared_prompts(trainer, functools.partial(shared_prompt.completion_logps, base=base, multiple=multiple),
+    if attention == "split":
+        if engine != "fast":
+            raise UserError(f"train.shared_prompt_attention=split needs the fast rollouts (this run's: {engine}), "
+                            "whose attention is their own; set train.shared_prompt_attention to masked")
+        name, plain_step = shared_prompt.register_split_attention(), trainer.training_step
+
+        @functools.wraps(plain_step)
+        def training_step(*args, **kwargs):
+            with attention_for_call(base, name):
+                return plain_step(*args, **kwargs)
+
+        trainer.training_step = training_step
+    use_shared_prompts(trainer, functools.partial(shared_prompt.completion_logps, base=base, multiple=multiple,
+                                                  attention=attention),
                        shared_prompt.shuffle_keeping_prompts_together)
     return True
 
@@ -658,7 +675,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     shared_prompts = False
     if tp.shared_prompts:
         if backend == "transformers":
-            shared_prompts = shared_prompt_passes(trainer, tp.pad_to_multiple_of)
+            shared_prompts = shared_prompt_passes(trainer, tp.pad_to_multiple_of, tp.shared_prompt_attention, engine)
         else:
             print(f"note: train.shared_prompts applies to the transformers backend; {backend}'s trainer computes its "
                   "own log-probs")
