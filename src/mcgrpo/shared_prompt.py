@@ -130,7 +130,8 @@ def supports(config) -> bool:
 
 def attention_masks(config, batch: SharedPromptBatch, dtype: torch.dtype) -> dict:
     """The per-layer-kind masks (a mapping, as Gemma 3's model takes prepared masks) for a packed batch: causal by
-    index within the row, the segment rule, padding keys masked; for sliding-window layers the window by position."""
+    index within the row, the segment rule, the keys past a completion's end masked; for sliding-window layers the
+    window by position."""
     from transformers.masking_utils import and_masks, create_causal_mask
 
     embeds = torch.empty(*batch.input_ids.shape, 0, dtype=dtype, device=batch.input_ids.device)  # shape and dtype
