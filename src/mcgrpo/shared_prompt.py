@@ -157,11 +157,10 @@ def _visible(batch: SharedPromptBatch, queries: torch.Tensor, keys: torch.Tensor
     """The mask rule of attention_masks for index tensors `queries` and `keys` (broadcast to a (groups, a, q, k)
     result): causal within the row, a valid key, in the prompt or the query's own segment, within the window."""
     rows = torch.arange(batch.segments.shape[0], device=queries.device)[:, None, None, None]
-    key_segment, query_segment = batch.segments[rows, keys], batch.segments[rows, queries]
     ok = (keys <= queries) & (batch.attention_mask[rows, keys] == 1) & \
-        ((key_segment == 0) | (key_segment == query_segment))
+        segment_mask_function(batch.segments)(rows, None, queries, keys)
     if window:
-        ok &= batch.position_ids[rows, queries] - batch.position_ids[rows, keys] < window
+        ok &= window_mask_function(batch.position_ids, window)(rows, None, queries, keys)
     return ok
 
 

@@ -103,8 +103,7 @@ def grpo_dataset(records: list[dict], variant: str, shots: list[dict] = (), opti
 # (use_vllm: decided by rollout_engine, which checks vllm is installed; reward_weights: a dict here, a list there).
 NOT_GRPO_FIELDS = {"variant", "option_order", "finetune", "lora", "rollout_engine", "grouped_attention",
                    "compile_layers", "cudnn_attention", "shared_prompts", "shared_prompt_attention",
-                   "merged_rollouts", "num_processes",
-                   "accelerate_config", "use_vllm", "reward_weights"}
+                   "merged_rollouts", "num_processes", "accelerate_config", "use_vllm", "reward_weights"}
 
 
 def grpo_config(tp, output_dir, bf16: bool, engine: str = "hf"):
