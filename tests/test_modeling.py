@@ -156,6 +156,28 @@ def test_eval_modes(tiny_model_params, records):
     assert variants("both") == ["cot", "direct", "loglik"]
 
 
+def test_eval_runs_with_cudnn_attention_as_asked(tiny_model_params, records, monkeypatch):
+    # eval.cudnn_attention false (the default): the log-likelihood passes and the generation run with SDPA's cuDNN
+    # backend off, and it is back on after; true leaves it on.
+    import torch
+
+    import mcgrpo.evaluation as evaluation
+    from mcgrpo.params import EvalParams
+
+    seen = []
+    for name in ("loglik_rows", "generate"):
+        real = getattr(evaluation, name)
+        monkeypatch.setattr(evaluation, name, lambda *a, _real=real, _name=name, **k: (
+            seen.append((_name, torch.backends.cuda.cudnn_sdp_enabled())), _real(*a, **k))[1])
+    model, tok, _ = load_model(tiny_model_params)
+    for cudnn in (False, True):
+        seen.clear()
+        evaluation.answer_eval_set(model, tok, records[:2], EvalParams(max_new_tokens=2, variants=["direct"],
+                                                                       cudnn_attention=cudnn), "base")
+        assert seen == [("loglik_rows", cudnn), ("generate", cudnn)]
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_warm_start_teaches_the_answer_format(tmp_path, records):
     # The demo depends on this: without it every GRPO reward is 0. 120 steps keep the test short.
     from mcgrpo.tiny import build_tiny_model

@@ -10,7 +10,8 @@
 # baseline stage (real_scale.py: log-likelihood plus two variants, 256 new tokens). Results land in /tmp/speed/out.
 # SPEED_PARTS picks and orders the parts (default decode,grpo,baseline); "profile" is decode_variants.py (the
 # compiled decode step's kernels by time, and the step compiled with max-autotune); "sdpa" is sdpa_padding.py (SDPA's
-# backends on padded training batches: which give NaN); "gputests" runs the GPU tests
+# backends on padded training batches: which give NaN); "evalattn" is stage_decode.py with SDPA's cuDNN backend off
+# and on, a process each (eval.cudnn_attention: log-likelihood and the eval routine's prefill, cold and warm); "gputests" runs the GPU tests
 # of the fast engine and the rollouts (SPEED_TESTS: their -k); "unsloth" is grpo_step.py's unsloth path (the GRPO
 # step through model.backend unsloth), in its own process, with unsloth's wheels installed by a call before into
 # /tmp/site-unsloth (carrying .whl-unsloth from `bash ../shared/device/wheels.sh unsloth`):
@@ -58,6 +59,14 @@ baseline() {
   timeout 420 python3 benchmarks/real_scale.py --race .bench/race_test_full.jsonl --race-train .bench/race_train64.jsonl \
     --n-eval 0 --stages prepare,baseline --tokenizer $tok --set prepare.max_prompt_tokens=2048 \
     --set eval.batch_size=256 --out $out/baseline > $out/baseline.log 2>&1; echo "rc $?"; tail -3 $out/baseline.log
+}
+evalattn() {
+  local c
+  for c in off on; do
+    timeout 300 python3 benchmarks/stage_decode.py --race .bench/race_test_full.jsonl --tokenizer $tok --no-loaded \
+      --batch 256 --new 16 --loglik 1500 --eval-prompts 2048 --cudnn $c --out $out/eval_attention_$c.json \
+      > $out/eval_attention_$c.log 2>&1; echo "rc $?"; grep -E "^(loglik|eval generate)" $out/eval_attention_$c.log
+  done
 }
 sdpa() {  # SDPA's backends alone on padded training batches: NaN and seconds (sdpa_padding.py)
   timeout 300 python3 benchmarks/sdpa_padding.py --out $out/sdpa_padding.json > $out/sdpa_padding.log 2>&1

@@ -8,6 +8,7 @@ from mcgrpo.constrained import answers_for
 from mcgrpo.data.stats import question_kind
 from mcgrpo.generation import encode_prompts, generate, static_generator_for
 from mcgrpo.loglik import loglik_rows
+from mcgrpo.patches import attention_backends
 from mcgrpo.prompts import render_prompt, stop_token_ids
 from mcgrpo.rewards import judge, reasoning_text
 
@@ -18,6 +19,11 @@ def answer_eval_set(model, tokenizer, records: list[dict], ep, model_label: str,
     eval.mode: "generate" (each prompt variant), "loglik" (option log-likelihood, no generation) or both.
     shots: solved examples shown before each completion-variant question (prepare.n_shots).
     """
+    with attention_backends(ep.cudnn_attention):
+        return _answer_eval_set(model, tokenizer, records, ep, model_label, shots)
+
+
+def _answer_eval_set(model, tokenizer, records, ep, model_label, shots):
     rows = []
     if ep.mode in ("loglik", "both"):
         rows += loglik_rows(model, tokenizer, records, ep.batch_size, model_label, question_kind)

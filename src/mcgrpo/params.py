@@ -95,6 +95,9 @@ class EvalParams(Section):
     mode: Literal["generate", "loglik", "both"] = "both"  # loglik: option log-likelihood, no generation
     engine: Literal["auto", "hf", "fast"] = "auto"  # fast: the project's compiled static-cache decode; auto: fast on CUDA
     compile_prefill: bool = False  # fast engine: the prefill compiled too (half its time at 1B, ~30 s more warm-up)
+    # SDPA's cuDNN backend for the log-likelihood passes and the prefill (patches.attention_backends). Off: SDPA's
+    # memory-efficient kernels, which need no per-shape plan; batches sorted by length meet a new shape at each batch
+    cudnn_attention: bool = False
     variants: list[str] = ["direct", "cot"]
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(512, gt=0)

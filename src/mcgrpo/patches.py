@@ -6,6 +6,7 @@ here with a message naming the patch, not later with an AttributeError deep insi
 tests/test_patches.py checks that each patched signature still matches what its caller passes.
 """
 
+import contextlib
 import functools
 import os
 from contextlib import contextmanager
@@ -184,6 +185,23 @@ def inductor_cache_folder(name: str):
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
         else:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
+@contextmanager
+def attention_backends(cudnn: bool):
+    """A context in which SDPA may use every backend (cudnn true), or every one but cuDNN's (false): the training
+    step (train.cudnn_attention) and the eval stages (eval.cudnn_attention). cuDNN's attention builds an execution
+    plan for each new input shape (2.9 s the first, ~0.15 s each after, on an H200: benchmarks/README.md), and eval
+    batches sorted by length, like training's, meet a new length at almost every batch. A compiled graph keeps the
+    backend it was traced with: torch.compile does not guard on these flags, so whatever compiles runs inside the
+    context. Inductor's on-disk cache leaves the choice out of its keys too, so each choice compiles into a cache
+    folder of its own."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = contextlib.nullcontext() if cudnn else \
+        sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    with inductor_cache_folder("sdpa-cudnn" if cudnn else "sdpa-no-cudnn"), backends:
+        yield
 
 
 def transformers_model(model):

@@ -4,7 +4,6 @@ Checkpoints live in a DVC `persist: true` folder. A rerun with the same params a
 from the last complete checkpoint; any change starts afresh, so a stale run is never continued.
 """
 
-import contextlib
 import csv
 import functools
 import importlib.util
@@ -594,22 +593,6 @@ def shared_prompt_passes(trainer, multiple: int | None = None, attention: str = 
     return True
 
 
-@contextlib.contextmanager
-def attention_backends(cudnn: bool):
-    """A context in which SDPA may use every backend (train.cudnn_attention true), or every one but cuDNN's (false).
-    cuDNN's attention builds an execution plan for each new input shape, and sometimes compiles a kernel for it
-    (benchmarks/README.md). A compiled graph keeps the backend it was traced with: torch.compile does not guard on
-    these flags, so the whole of trainer.train, where the layers compile, runs inside the context. Inductor's on-disk
-    cache leaves the choice out of its keys too, so each choice compiles into a cache folder of its own."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from mcgrpo.patches import inductor_cache_folder
-
-    with inductor_cache_folder("sdpa-cudnn" if cudnn else "sdpa-no-cudnn"), contextlib.nullcontext() if cudnn else \
-            sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-        yield
-
-
 def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path, adapter_out: Path,
                live_dir: Path, fingerprint: dict, bf16: bool, reward_model_file=None, engine: str = "hf",
                callbacks: tuple = (), shots: list[dict] = (), backend: str = "transformers",
@@ -623,7 +606,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     """
     from trl import GRPOTrainer
 
-    from mcgrpo.patches import generate_with_eager_attention, install_torch_logprobs
+    from mcgrpo.patches import attention_backends, generate_with_eager_attention, install_torch_logprobs
 
     install_torch_logprobs()
     rewards = reward_functions(tp, reward_model_file)  # first: a skipped reward model fails before any work
