@@ -157,8 +157,8 @@ def test_eval_modes(tiny_model_params, records):
 
 
 def test_eval_runs_with_cudnn_attention_as_asked(tiny_model_params, records, monkeypatch):
-    # eval.cudnn_attention false (the default): the log-likelihood passes and the generation run with SDPA's cuDNN
-    # backend off, and it is back on after; true leaves it on.
+    # eval.cudnn_attention false: the log-likelihood passes and the generation run with SDPA's cuDNN backend off, and
+    # it is back on after; true (the default) leaves it on.
     import torch
 
     import mcgrpo.evaluation as evaluation

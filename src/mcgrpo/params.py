@@ -96,8 +96,8 @@ class EvalParams(Section):
     engine: Literal["auto", "hf", "fast"] = "auto"  # fast: the project's compiled static-cache decode; auto: fast on CUDA
     compile_prefill: bool = False  # fast engine: the prefill compiled too (half its time at 1B, ~30 s more warm-up)
     # SDPA's cuDNN backend for the log-likelihood passes and the prefill (patches.attention_backends). Off: SDPA's
-    # memory-efficient kernels, which need no per-shape plan; batches sorted by length meet a new shape at each batch
-    cudnn_attention: bool = False
+    # memory-efficient kernels, which build no per-shape plan; on an H100 that was no faster (benchmarks/README.md)
+    cudnn_attention: bool = True
     variants: list[str] = ["direct", "cot"]
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(512, gt=0)

@@ -204,6 +204,19 @@ def attention_backends(cudnn: bool):
         yield
 
 
+@contextmanager
+def split_attention_compiles(on: bool):
+    """Within (when on): inductor without its coalescing analysis for tiling (torch._inductor.config.triton.
+    coalesce_tiling_analysis). On an H100 (torch 2.11, 2026-12-05) compiling the policy's layers with
+    train.shared_prompt_attention split failed in it, in tiling_utils.get_pw_red_splits' assertion
+    (pytorch/pytorch#197077, open; the assertion is unchanged in torch 2.13), so the split path compiles without it.
+    Read at compile time, so the context spans trainer.train, where the layers compile."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch({"triton.coalesce_tiling_analysis": False}) if on else contextlib.nullcontext():
+        yield
+
+
 def transformers_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformers model
 

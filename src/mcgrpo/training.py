@@ -606,7 +606,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
     """
     from trl import GRPOTrainer
 
-    from mcgrpo.patches import attention_backends, generate_with_eager_attention, install_torch_logprobs
+    from mcgrpo.patches import (attention_backends, generate_with_eager_attention, install_torch_logprobs,
+                                split_attention_compiles)
 
     install_torch_logprobs()
     rewards = reward_functions(tp, reward_model_file)  # first: a skipped reward model fails before any work
@@ -663,7 +664,7 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
                   "own log-probs")
     phases = phases or StepPhases()
     phases.attach(trainer)
-    with attention_backends(tp.cudnn_attention):
+    with attention_backends(tp.cudnn_attention), split_attention_compiles(tp.shared_prompt_attention == "split"):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if main:
         with atomic_path(adapter_out) as tmp:
