@@ -530,9 +530,15 @@ def _layer_forward(layer, *args, **kwargs):
 def compiles_layers(tp, backend: str, engine: str) -> bool:
     """Whether train.compile_layers compiles this run's decoder layers: auto does on CUDA with the transformers
     backend and the fast rollouts. Other rollouts call the policy's own `generate`, whose KV caches would reach the
-    compiled layers (untested), and Unsloth compiles its own."""
+    compiled layers (untested), and Unsloth compiles its own. train.shared_prompt_attention split is not compiled on
+    CUDA: on an H100 (torch 2.11, 2026-12-05) its compiled backward failed a stride check (benchmarks/README.md)."""
+    split_on_cuda = tp.shared_prompt_attention == "split" and torch.cuda.is_available()
     if tp.compile_layers == "auto":
-        return backend == "transformers" and engine == "fast" and torch.cuda.is_available()
+        return backend == "transformers" and engine == "fast" and torch.cuda.is_available() and not split_on_cuda
+    if tp.compile_layers and split_on_cuda:
+        raise UserError("train.compile_layers=true with train.shared_prompt_attention=split failed in the compiled "
+                        "backward on CUDA (torch 2.11); set train.compile_layers to auto or false, or "
+                        "train.shared_prompt_attention to masked")
     if tp.compile_layers and (backend != "transformers" or engine != "fast"):
         raise UserError(f"train.compile_layers=true needs the transformers backend and the fast rollouts (this run: "
                         f"backend {backend}, rollouts {engine}); set train.compile_layers to auto or false")
