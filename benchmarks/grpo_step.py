@@ -8,7 +8,8 @@ never stop early: the worst case):
   LoRA, the rollout engine `auto` picks, gradient checkpointing), `--set section.key=value` overriding params;
 - pipeline_lora_rollouts: the same with train.merged_rollouts false (the fast rollouts read the LoRA layers);
 - pipeline_eager_layers: the same with train.compile_layers false (the training forward and backward eager);
-- pipeline_split: the same with train.shared_prompt_attention split (two SDPA calls a layer, not one dense-masked);
+- pipeline_split, pipeline_masked: the same with train.shared_prompt_attention split (two SDPA calls a layer; what
+  auto picks with the fast rollouts) or masked (one dense-masked attention a layer);
 - pipeline_per_row: the same with train.shared_prompts false (TRL's log-prob passes: each completion its own row,
   prompt included);
 - pipeline_unpadded: the same with train.pad_to_multiple_of null (each batch padded to its longest sequence);
@@ -42,7 +43,7 @@ from mcgrpo.modeling import load_model, torch_dtype
 from mcgrpo.params import deep_merge, override, parse_params, read_raw_params
 from mcgrpo.tiny import build_tiny_model
 from mcgrpo.training import (StepPhases, compiles_layers, gpu_clock, grpo_dataset, load_policy, reward_functions,
-                             rollout_engine, train_grpo)
+                             rollout_engine, shared_prompt_attention, train_grpo)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,7 +229,7 @@ def run_pipeline(name: str, merged_rollouts: bool = True, backend: str = "transf
     return {"backend": backend, "rollout_engine": engine, "merged_rollouts": train.merged_rollouts,
             "compiled_layers": compiles_layers(train, backend, engine), "cudnn_attention": train.cudnn_attention,
             "pad_to_multiple_of": train.pad_to_multiple_of, "shared_prompts": train.shared_prompts,
-            "shared_prompt_attention": train.shared_prompt_attention,
+            "shared_prompt_attention": shared_prompt_attention(train, engine),
             "finetune": p.train.finetune,
             "gradient_checkpointing": p.train.gradient_checkpointing,
             "fast_rollout_s_after_first": summary.get("rollout_time_s_last10"),
@@ -256,6 +257,7 @@ runs = {"pipeline": lambda: run_pipeline("pipeline"),
         "pipeline_lora_rollouts": lambda: run_pipeline("pipeline_lora_rollouts", merged_rollouts=False),
         "pipeline_eager_layers": lambda: run_pipeline("pipeline_eager_layers", compile_layers=False),
         "pipeline_split": lambda: run_pipeline("pipeline_split", shared_prompt_attention="split"),
+        "pipeline_masked": lambda: run_pipeline("pipeline_masked", shared_prompt_attention="masked"),
         "pipeline_per_row": lambda: run_pipeline("pipeline_per_row", shared_prompts=False),
         "pipeline_unpadded": lambda: run_pipeline("pipeline_unpadded", pad_to_multiple_of=None),
         "pipeline_cudnn": lambda: run_pipeline("pipeline_cudnn", cudnn_attention=True, pad_to_multiple_of=None),

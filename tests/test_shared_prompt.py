@@ -18,11 +18,11 @@ OWNER = [0, 1, 0, 2, 0, 2]  # each row's prompt: groups of 3, 1 and 2 completion
 COMPLETION_LENGTHS = [12, 5, 1, 12, 9, 7]  # completions cut short by an EOS leave padding after it
 
 
-def trl_rows(vocab: int, pad: int, seed: int = 0):
+def trl_rows(vocab: int, pad: int, seed: int = 0, prompt_lengths=PROMPT_LENGTHS):
     """TRL's layout: each row a left-padded prompt then its completion, right-padded."""
     gen = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(5, vocab, (n,), generator=gen) for n in PROMPT_LENGTHS]
-    width = max(PROMPT_LENGTHS)
+    prompts = [torch.randint(5, vocab, (n,), generator=gen) for n in prompt_lengths]
+    width = max(prompt_lengths)
     ids = torch.full((len(OWNER), width + COMPLETION), pad)
     mask = torch.zeros_like(ids)
     for row, (p, n) in enumerate(zip(OWNER, COMPLETION_LENGTHS)):
@@ -127,12 +127,12 @@ def logps_entropies_and_grads(trainer, ids, mask, batch_size):
     return logps.detach()[keep], entropies.detach()[keep], grads, reference[keep]
 
 
-def check_shared_prompt_passes(trainer, tok, tol: float, attention: str = "masked"):
+def check_shared_prompt_passes(trainer, tok, tol: float, attention: str = "masked", prompt_lengths=PROMPT_LENGTHS):
     """The shared-prompt passes (train.shared_prompt_attention `attention`) give the trainer's own log-probs, entropies,
     LoRA gradients and reference log-probs."""
     from mcgrpo.training import shared_prompt_passes
 
-    ids, mask = trl_rows(trainer.model.config.vocab_size, tok.pad_token_id)
+    ids, mask = trl_rows(trainer.model.config.vocab_size, tok.pad_token_id, prompt_lengths=prompt_lengths)
     device = next(trainer.model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
     for batch_size in (6, 4):  # 4: a chunk ends inside a prompt's rows
@@ -161,26 +161,32 @@ def test_shared_prompt_passes_give_trls_logps_entropies_and_gradients(tiny_model
     assert trainer.model.get_base_model().config._attn_implementation == attn_implementation
 
 
-def test_split_attention_through_compiled_layers(tiny_model_params, tmp_path):
-    """Dynamo-traced on the CPU (the eager backend: inductor's kernels are the GPU test's): the split masks'
-    shapes carry the layout into the compiled layers."""
+def test_split_attention_through_compiled_layers_at_a_new_length(tiny_model_params, tmp_path):
+    """Inductor on the CPU, as the layers compile on a GPU: the split masks' shapes carry the layout into the
+    compiled layers, and a batch whose rows are longer than the first's runs the same dynamic graph (its backward
+    once checked the prompt part's strides against the first batch's row length and failed)."""
     from mcgrpo.training import compile_decoder_layers
 
     trainer, tok = lora_trainer(tiny_model_params, tmp_path, "sdpa")
-    compile_decoder_layers(trainer.model, backend="eager")
-    check_shared_prompt_passes(trainer, tok, tol=1e-5, attention="split")
+    compile_decoder_layers(trainer.model, backend="inductor")
+    for lengths in (PROMPT_LENGTHS, (150, 40, 290)):  # shared parts of 256 and 320 tokens
+        check_shared_prompt_passes(trainer, tok, tol=1e-4, attention="split", prompt_lengths=lengths)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("attention", ["masked", "split"])
 def test_shared_prompt_passes_on_cuda_through_compiled_layers(tiny_model_params, tmp_path, attention):
-    """As the pipeline trains on a GPU: SDPA's CUDA kernels with the packed masks, the layers compiled by inductor."""
+    """As the pipeline trains on a GPU: SDPA's CUDA kernels with the packed masks, the layers compiled by inductor
+    (split: without its coalescing analysis, as train_grpo compiles them), at two row lengths."""
+    from mcgrpo.patches import split_attention_compiles
     from mcgrpo.training import compile_decoder_layers
 
     trainer, tok = lora_trainer(tiny_model_params, tmp_path, "sdpa")
     trainer.model.to("cuda")
     compile_decoder_layers(trainer.model)
-    check_shared_prompt_passes(trainer, tok, tol=1e-4, attention=attention)
+    with split_attention_compiles(attention == "split"):
+        for lengths in (PROMPT_LENGTHS, (150, 40, 290)):
+            check_shared_prompt_passes(trainer, tok, tol=1e-4, attention=attention, prompt_lengths=lengths)
 
 
 def test_shared_prompts_stay_trls_where_masks_are_not_dense(tiny_model_params, tmp_path, capsys):

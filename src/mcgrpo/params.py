@@ -185,9 +185,10 @@ class TrainParams(Section):
     # completions, one row per group (mcgrpo.shared_prompt): the same log-probs in ~a quarter of the tokens at RACE
     # lengths; transformers backend (Unsloth's trainer computes its own)
     shared_prompts: bool = True
-    # how the shared-prompt passes run attention: masked (the model's attention over the whole row with a dense mask:
-    # measured on an H200) | split (two SDPA calls a layer, about a third of the pairs: tested, not yet timed on a GPU)
-    shared_prompt_attention: Literal["masked", "split"] = "masked"
+    # how the shared-prompt passes run attention: masked (the model's attention over the whole row with a dense mask)
+    # | split (two SDPA calls a layer, about a third of the pairs; fast rollouts only) | auto: split with the fast
+    # rollouts, masked with rollouts that call the policy's generate (training.shared_prompt_attention)
+    shared_prompt_attention: Literal["auto", "masked", "split"] = "auto"
     # fast rollouts sample from a copy of the LoRA-adapted weights with the adapters merged in, refreshed every
     # rollout: no LoRA matmuls in the decode step, for one more copy of those weights in memory
     merged_rollouts: bool = True

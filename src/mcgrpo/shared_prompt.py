@@ -207,8 +207,12 @@ def split_attention(module, query, key, value, attention_mask: SplitMasks, dropo
 
     parts = []
     if shared:
-        parts.append(sdpa(query[:, :, :shared], key[:, :, :shared], value[:, :, :shared],
-                          attn_mask=attention_mask.prompt, dropout_p=dropout, scale=scaling))
+        # Contiguous copies: SDPA's backward saves its inputs, and inductor's compiled backward checked these slices
+        # of the (groups, length, heads, dim) projections against a stride with the row length of the first batch it
+        # compiled for, failing at the next length (reproduced on the CPU: grpo_step.py --preset small, split,
+        # compile_layers=true).
+        prompt_part = [x[:, :, :shared].contiguous() for x in (query, key, value)]
+        parts.append(sdpa(*prompt_part, attn_mask=attention_mask.prompt, dropout_p=dropout, scale=scaling))
     out = sdpa(per_segment(query), with_shared(key), with_shared(value), attn_mask=attention_mask.segments,
                dropout_p=dropout, scale=scaling)
     parts.append(out.unflatten(0, (groups, slots)).transpose(1, 2).flatten(2, 3))

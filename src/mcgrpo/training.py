@@ -527,18 +527,21 @@ def _layer_forward(layer, *args, **kwargs):
     return type(layer).forward(layer, *args, **kwargs)
 
 
+def shared_prompt_attention(tp, engine: str) -> str:
+    """train.shared_prompt_attention for this run: auto is split with the fast rollouts (on an H100 at the 1B shape,
+    1.81 s a step against masked's 2.42 s, benchmarks/README.md) and masked with rollouts that call the policy's
+    generate, which split's attention would reach."""
+    if tp.shared_prompt_attention == "auto":
+        return "split" if engine == "fast" else "masked"
+    return tp.shared_prompt_attention
+
+
 def compiles_layers(tp, backend: str, engine: str) -> bool:
     """Whether train.compile_layers compiles this run's decoder layers: auto does on CUDA with the transformers
     backend and the fast rollouts. Other rollouts call the policy's own `generate`, whose KV caches would reach the
-    compiled layers (untested), and Unsloth compiles its own. train.shared_prompt_attention split is not compiled on
-    CUDA: on an H100 (torch 2.11, 2026-12-05) its compiled backward failed a stride check (benchmarks/README.md)."""
-    split_on_cuda = tp.shared_prompt_attention == "split" and torch.cuda.is_available()
+    compiled layers (untested), and Unsloth compiles its own."""
     if tp.compile_layers == "auto":
-        return backend == "transformers" and engine == "fast" and torch.cuda.is_available() and not split_on_cuda
-    if tp.compile_layers and split_on_cuda:
-        raise UserError("train.compile_layers=true with train.shared_prompt_attention=split failed in the compiled "
-                        "backward on CUDA (torch 2.11); set train.compile_layers to auto or false, or "
-                        "train.shared_prompt_attention to masked")
+        return backend == "transformers" and engine == "fast" and torch.cuda.is_available()
     if tp.compile_layers and (backend != "transformers" or engine != "fast"):
         raise UserError(f"train.compile_layers=true needs the transformers backend and the fast rollouts (this run: "
                         f"backend {backend}, rollouts {engine}); set train.compile_layers to auto or false")
@@ -661,16 +664,16 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
         generate_with_eager_attention(trainer.model)
     if compile_layers:
         compile_decoder_layers(trainer.model)
-    shared_prompts = False
+    shared_prompts, attention = False, shared_prompt_attention(tp, engine)
     if tp.shared_prompts:
         if backend == "transformers":
-            shared_prompts = shared_prompt_passes(trainer, tp.pad_to_multiple_of, tp.shared_prompt_attention, engine)
+            shared_prompts = shared_prompt_passes(trainer, tp.pad_to_multiple_of, attention, engine)
         else:
             print(f"note: train.shared_prompts applies to the transformers backend; {backend}'s trainer computes its "
                   "own log-probs")
     phases = phases or StepPhases()
     phases.attach(trainer)
-    with attention_backends(tp.cudnn_attention), split_attention_compiles(tp.shared_prompt_attention == "split"):
+    with attention_backends(tp.cudnn_attention), split_attention_compiles(shared_prompts and attention == "split"):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if main:
         with atomic_path(adapter_out) as tmp:
@@ -681,6 +684,8 @@ def train_grpo(model, tokenizer, peft_config, records, tp, *, checkpoints: Path,
                        result.metrics.get("train_runtime", 0.0), procs, rollouts.seconds if rollouts else None,
                        phases)
     summary["shared_prompts"] = shared_prompts  # whether the log-prob passes ran one row per prompt
+    if shared_prompts:
+        summary["shared_prompt_attention"] = attention  # auto resolved: split or masked
     if main:
         write_json(checkpoints / RUN_SUMMARY, summary)
     return summary
