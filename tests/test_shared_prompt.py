@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 
 COMPLETION = 12
 PROMPT_LENGTHS = (150, 40, 200)  # one past the sliding window, one short, one far past it
+TWO_ROW_LENGTHS = (PROMPT_LENGTHS, (150, 40, 290))  # shared parts of 256 and 320 tokens: compiled graphs meet both
 OWNER = [0, 1, 0, 2, 0, 2]  # each row's prompt: groups of 3, 1 and 2 completions, rows interleaved
 COMPLETION_LENGTHS = [12, 5, 1, 12, 9, 7]  # completions cut short by an EOS leave padding after it
 
@@ -169,7 +170,7 @@ def test_split_attention_through_compiled_layers_at_a_new_length(tiny_model_para
 
     trainer, tok = lora_trainer(tiny_model_params, tmp_path, "sdpa")
     compile_decoder_layers(trainer.model, backend="inductor")
-    for lengths in (PROMPT_LENGTHS, (150, 40, 290)):  # shared parts of 256 and 320 tokens
+    for lengths in TWO_ROW_LENGTHS:
         check_shared_prompt_passes(trainer, tok, tol=1e-4, attention="split", prompt_lengths=lengths)
 
 
@@ -185,7 +186,7 @@ def test_shared_prompt_passes_on_cuda_through_compiled_layers(tiny_model_params,
     trainer.model.to("cuda")
     compile_decoder_layers(trainer.model)
     with split_attention_compiles(attention == "split"):
-        for lengths in (PROMPT_LENGTHS, (150, 40, 290)):
+        for lengths in TWO_ROW_LENGTHS:
             check_shared_prompt_passes(trainer, tok, tol=1e-4, attention=attention, prompt_lengths=lengths)
 
 

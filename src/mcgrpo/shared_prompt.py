@@ -207,10 +207,9 @@ def split_attention(module, query, key, value, attention_mask: SplitMasks, dropo
 
     parts = []
     if shared:
-        # Contiguous copies: SDPA's backward saves its inputs, and inductor's compiled backward checked these slices
+        # Contiguous copies: SDPA's backward saves its inputs, and inductor's compiled backward checks these slices
         # of the (groups, length, heads, dim) projections against a stride with the row length of the first batch it
-        # compiled for, failing at the next length (reproduced on the CPU: grpo_step.py --preset small, split,
-        # compile_layers=true).
+        # compiled for, failing at the next length (tests/test_shared_prompt.py, ..._at_a_new_length).
         prompt_part = [x[:, :, :shared].contiguous() for x in (query, key, value)]
         parts.append(sdpa(*prompt_part, attn_mask=attention_mask.prompt, dropout_p=dropout, scale=scaling))
     out = sdpa(per_segment(query), with_shared(key), with_shared(value), attn_mask=attention_mask.segments,

@@ -528,9 +528,9 @@ def _layer_forward(layer, *args, **kwargs):
 
 
 def shared_prompt_attention(tp, engine: str) -> str:
-    """train.shared_prompt_attention for this run: auto is split with the fast rollouts (on an H100 at the 1B shape,
-    1.81 s a step against masked's 2.42 s, benchmarks/README.md) and masked with rollouts that call the policy's
-    generate, which split's attention would reach."""
+    """train.shared_prompt_attention for this run: auto is split with the fast rollouts (the faster of the two on a
+    GPU, benchmarks/README.md) and masked with rollouts that call the policy's generate, which split's attention
+    would reach."""
     if tp.shared_prompt_attention == "auto":
         return "split" if engine == "fast" else "masked"
     return tp.shared_prompt_attention
